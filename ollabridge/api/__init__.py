@@ -1,0 +1,1 @@
+"""Wire formats: OpenAI's, Ollama's native, the system routes and the device flow."""

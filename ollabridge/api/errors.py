@@ -1,0 +1,67 @@
+"""Render errors in the caller's format: OpenAI error JSON on `/v1`, `{"error": ...}` natively."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from ollabridge.api.openai_convert import error_body
+from ollabridge.errors import GatewayError
+
+log = logging.getLogger("ollabridge")
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
+          429: "rate_limit_error"}
+
+
+def is_openai_path(path: str) -> bool:
+    return path.startswith("/v1/") or path.startswith("/ollama/v1/")
+
+
+def render(path: str, status: int, message: str, *, type_: str | None = None, code: str | None = None,
+           param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    if is_openai_path(path):
+        body: dict[str, Any] = error_body(message, type_ or _TYPES.get(status, "api_error"), code, param)
+    else:
+        body = {"error": message}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def describe_validation(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """A readable message and the offending parameter from pydantic's error list."""
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        return f"The request body is not valid JSON: {first.get('ctx', {}).get('error', 'parse error')}", None
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    if first.get("type") == "missing" and param:
+        return f"Missing required parameter: '{param}'.", param
+    where = f" at '{param}'" if param else ""
+    return f"Invalid request{where}: {first.get('msg', 'bad value')}.", param
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        return render(request.url.path, exc.status, exc.message, type_=exc.type, code=exc.code,
+                      param=exc.param, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = describe_validation(list(exc.errors()))
+        return render(request.url.path, 400, message, param=param)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return render(request.url.path, exc.status_code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return render(request.url.path, 500, f"Internal error: {type(exc).__name__}")

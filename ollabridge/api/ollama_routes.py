@@ -1,0 +1,86 @@
+"""Ollama's native API, passed through to whichever backend has the model."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ollabridge import __version__
+from ollabridge.api.ollama_protocol import (NativeChatRequest, NativeEmbeddingsRequest, NativeEmbedRequest,
+                                            NativeError, NativeShowRequest)
+from ollabridge.api.streaming import ndjson_stream, start
+from ollabridge.errors import BadRequest, Forbidden
+from ollabridge.gateway import Gateway
+
+router = APIRouter(prefix="/api", tags=["Ollama native"])
+
+_ERRORS = {400: {"model": NativeError}, 403: {"model": NativeError}, 404: {"model": NativeError},
+           502: {"model": NativeError}, 503: {"model": NativeError}}
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+def _as_sent(body) -> dict:
+    return body.model_dump(exclude_unset=True, by_alias=True)
+
+
+@router.post("/chat", responses=_ERRORS)
+async def chat(body: NativeChatRequest, request: Request):
+    """Chat; NDJSON stream (default) or one object with `stream: false`, as the backend wrote it."""
+    payload = _as_sent(body)
+    stream = _gateway(request).router.chat(payload)
+    first = await start(stream)
+    if not body.stream:
+        await stream.aclose()
+        return JSONResponse(first)
+    return StreamingResponse(ndjson_stream(first, stream), media_type="application/x-ndjson")
+
+
+@router.get("/tags")
+async def tags(request: Request):
+    """Every model any backend serves, in Ollama's format."""
+    models = await _gateway(request).router.models()
+    return {"models": [{k: v for k, v in m.items() if k != "ollabridge"} for m in models]}
+
+
+@router.post("/embed", responses=_ERRORS)
+async def embed(body: NativeEmbedRequest, request: Request):
+    return await _gateway(request).router.call("embed", _as_sent(body))
+
+
+@router.post("/embeddings", responses=_ERRORS)
+async def embeddings(body: NativeEmbeddingsRequest, request: Request):
+    return await _gateway(request).router.call("embeddings", _as_sent(body))
+
+
+@router.post("/show", responses=_ERRORS)
+async def show(body: NativeShowRequest, request: Request):
+    model = body.model or body.name
+    if not model:
+        raise BadRequest("Missing required field: 'model'.", param="model")
+    return await _gateway(request).router.call("show", {**_as_sent(body), "model": model})
+
+
+@router.get("/version")
+async def version(request: Request):
+    """The gateway's Ollama's version when it answers, else the gateway's own."""
+    return {"version": await _gateway(request).ollama.version() or __version__}
+
+
+@router.get("/ps")
+async def ps(request: Request):
+    """Models loaded in memory on every backend."""
+    return {"models": await _gateway(request).router.loaded()}
+
+
+def _refuse(request: Request) -> None:
+    name = request.url.path.rsplit("/", 1)[-1]
+    raise Forbidden(f"'{name}' changes the models on the server and is not allowed on the public API.")
+
+
+for _name, _method in [("pull", "POST"), ("push", "POST"), ("create", "POST"), ("copy", "POST"),
+                      ("delete", "DELETE")]:
+    router.add_api_route(f"/{_name}", _refuse, methods=[_method], status_code=403, summary=f"Refused: {_name}",
+                         operation_id=f"refuse_{_name}", responses={403: {"model": NativeError}})

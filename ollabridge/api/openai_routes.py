@@ -1,0 +1,69 @@
+"""OpenAI-compatible routes: `/v1/chat/completions`, `/v1/models`, `/v1/embeddings`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ollabridge.api import openai_convert as convert
+from ollabridge.api.openai_protocol import (ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
+                                            EmbeddingRequest, EmbeddingResponse, ErrorResponse, ModelList)
+from ollabridge.api.streaming import sse_stream, start
+from ollabridge.errors import ModelNotFound
+from ollabridge.gateway import Gateway
+
+router = APIRouter(tags=["OpenAI"])
+
+_ERRORS = {400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+           502: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses={
+    **_ERRORS, 200: {"description": "A chat.completion, or with `stream: true` an SSE stream of "
+                     "chat.completion.chunk events ending in `data: [DONE]`.",
+                     "content": {"text/event-stream": {"schema": ChatCompletionChunk.model_json_schema()}}}})
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    """Chat with any served model, streamed (SSE) or not."""
+    gateway = _gateway(request)
+    model = await gateway.router.resolve_model(body.model)
+    stream = gateway.router.chat(convert.chat_request_to_ollama(body, model))
+    first = await start(stream)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        translator = convert.StreamTranslator(model, include_usage)
+        return StreamingResponse(sse_stream(first, stream, translator), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    chunks = [first]
+    if not first.get("done"):
+        async for chunk in stream:
+            chunks.append(chunk)
+    return JSONResponse(convert.aggregate_completion(chunks, model))
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(request: Request):
+    """Every model any backend serves (the gateway's Ollama, upstreams and GPU nodes)."""
+    return JSONResponse(convert.models_to_openai(await _gateway(request).router.models()))
+
+
+@router.get("/v1/models/{model:path}", responses=_ERRORS)
+async def get_model(model: str, request: Request):
+    """One model, or 404 naming the models that exist."""
+    listing = convert.models_to_openai(await _gateway(request).router.models())
+    for card in listing["data"]:
+        if card["id"] == model:
+            return JSONResponse(card)
+    raise ModelNotFound(model, [card["id"] for card in listing["data"]])
+
+
+@router.post("/v1/embeddings", response_model=EmbeddingResponse, responses=_ERRORS)
+async def embeddings(body: EmbeddingRequest, request: Request):
+    """Embed a string or a list of strings."""
+    gateway = _gateway(request)
+    model = await gateway.router.resolve_model(body.model)
+    result = await gateway.router.call("embed", convert.embedding_request_to_ollama(body, model))
+    return JSONResponse(convert.embedding_response(result, model, body.encoding_format))

@@ -1,0 +1,74 @@
+"""Write a router stream to the wire: SSE for OpenAI clients, NDJSON for Ollama ones.
+
+Both start from the first chunk already in hand (so errors before it become a proper HTTP
+status) and end a failed stream with an error event the client can read, never a silent cut.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, AsyncIterator, Callable
+
+from ollabridge.api.openai_convert import StreamTranslator, error_body
+from ollabridge.errors import GatewayError
+
+log = logging.getLogger("ollabridge")
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+DONE = b"data: [DONE]\n\n"
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + _dumps(obj).encode() + b"\n\n"
+
+
+def _failure(exc: Exception) -> GatewayError:
+    if isinstance(exc, GatewayError):
+        return exc
+    log.exception("stream failed")
+    return GatewayError(f"Internal error: {type(exc).__name__}")
+
+
+async def sse_stream(first: dict[str, Any], rest: AsyncIterator[dict[str, Any]],
+                     translator: StreamTranslator) -> AsyncIterator[bytes]:
+    """OpenAI `chat.completion.chunk` events, then `[DONE]`."""
+    try:
+        for event in translator.translate(first):
+            yield _sse(event)
+        if not first.get("done"):
+            async for chunk in rest:
+                for event in translator.translate(chunk):
+                    yield _sse(event)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes an event the client sees
+        err = _failure(exc)
+        yield _sse(error_body(err.message, err.type, err.code))
+    finally:
+        await rest.aclose()
+    yield DONE
+
+
+async def ndjson_stream(first: dict[str, Any], rest: AsyncIterator[dict[str, Any]],
+                        on_error: Callable[[GatewayError], dict[str, Any]] | None = None) -> AsyncIterator[bytes]:
+    """Ollama native objects, one per line; a failure becomes an `{"error": ...}` line."""
+    try:
+        yield _dumps(first).encode() + b"\n"
+        if not first.get("done"):
+            async for chunk in rest:
+                yield _dumps(chunk).encode() + b"\n"
+    except Exception as exc:  # noqa: BLE001
+        err = _failure(exc)
+        yield _dumps({"error": err.message}).encode() + b"\n"
+    finally:
+        await rest.aclose()
+
+
+async def start(stream: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    """The first chunk of `stream`; errors raised here still become an HTTP error status."""
+    try:
+        return await anext(stream)
+    except StopAsyncIteration:
+        raise GatewayError("The backend closed the stream without answering.", status=502) from None
+    except BaseException:
+        await stream.aclose()
+        raise

@@ -1,0 +1,108 @@
+"""The one interface every backend speaks.
+
+The canonical request and stream are Ollama's native ones: a chat request is the body of
+`POST /api/chat` (a dict), and its stream is the sequence of `/api/chat` response objects,
+the last with `done: true`. Every backend (Ollama over HTTP, an extra upstream, a GPU node
+over the relay) speaks that already, so the native API is a passthrough and the OpenAI API
+is a pure translation on top (see `ollabridge.api.openai_convert`).
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+
+@dataclass
+class BackendHealth:
+    ok: bool
+    detail: str = ""
+    version: str | None = None
+
+
+@dataclass
+class BackendStats:
+    in_flight: int = 0
+    total: int = 0
+    failed: int = 0
+    tokens: int = 0
+    last_tokens_per_s: float | None = None
+
+
+class Backend(abc.ABC):
+    """A source of chat streams, embeddings and model lists."""
+
+    #: "ollama" (the gateway's own Ollama or in-box engine), "upstream" or "node".
+    kind: str = "ollama"
+    #: Lower serves first when several backends have a model (GPU nodes before the CPU).
+    priority: int = 10
+
+    def __init__(self, name: str, slots: int | None = None) -> None:
+        self.name = name
+        self.slots = slots  # None: no limit of ours (Ollama queues on its own)
+        self.stats = BackendStats()
+        self._models: list[dict[str, Any]] = []
+        self._models_at = 0.0
+
+    # -- what a backend must implement -------------------------------------------------
+    @abc.abstractmethod
+    def chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Stream `/api/chat` response objects for `body`. Raises BackendError."""
+
+    @abc.abstractmethod
+    async def call(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One-shot native call: op is "embed", "embeddings" or "show"."""
+
+    @abc.abstractmethod
+    async def fetch_models(self) -> list[dict[str, Any]]:
+        """The backend's model list, as `/api/tags` model objects."""
+
+    @abc.abstractmethod
+    async def health(self) -> BackendHealth:
+        """Whether the backend answers now."""
+
+    async def loaded(self) -> list[dict[str, Any]]:
+        """Models loaded in memory, as `/api/ps` objects (empty when unknown)."""
+        return []
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    # -- shared behaviour ---------------------------------------------------------------
+    @property
+    def available(self) -> bool:
+        """Whether a new request may be sent now (relay nodes say no when full or gone)."""
+        return self.slots is None or self.stats.in_flight < self.slots
+
+    def cached_models(self) -> list[dict[str, Any]]:
+        return self._models
+
+    async def models(self, ttl: float) -> list[dict[str, Any]]:
+        """The model list, refreshed when older than `ttl` seconds; [] when unreachable."""
+        now = time.monotonic()
+        if now - self._models_at >= ttl:
+            try:
+                self._models = await self.fetch_models()
+            except Exception:
+                self._models = []
+            self._models_at = time.monotonic()
+        return self._models
+
+    def has_model(self, model: str) -> bool:
+        return any(model_matches(m, model) for m in self._models)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "in_flight": self.stats.in_flight,
+                "slots": self.slots, "requests": self.stats.total, "failed": self.stats.failed,
+                "models": [m.get("name") or m.get("model") for m in self._models]}
+
+
+def model_matches(entry: dict[str, Any], wanted: str) -> bool:
+    """Ollama's naming: `llama3` means `llama3:latest`."""
+    names = {entry.get("name"), entry.get("model")}
+    return wanted in names or (":" not in wanted and f"{wanted}:latest" in names)
+
+
+__all__ = ["Backend", "BackendHealth", "BackendStats", "model_matches"]

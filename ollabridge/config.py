@@ -1,0 +1,59 @@
+"""Settings, read from environment variables (each one is listed in the README's table)."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _default_data_dir() -> str:
+    # A Space with persistent storage mounts /data; everywhere else keep state beside the app.
+    return "/data" if os.path.isdir("/data") and os.access("/data", os.W_OK) else "./data"
+
+
+class Settings(BaseSettings):
+    """Every knob of the gateway. Field names map to env vars through their alias."""
+
+    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore")
+
+    host: str = Field("0.0.0.0", validation_alias="HOST")
+    port: int = Field(7860, validation_alias="PORT")
+    ollama_base_url: str = Field("http://127.0.0.1:11434", validation_alias="OLLAMA_BASE_URL")
+    upstreams_raw: str = Field("", validation_alias="OLLABRIDGE_UPSTREAMS")
+    engine: Literal["auto", "ollama", "inbox"] = Field("auto", validation_alias="OLLABRIDGE_ENGINE")
+    inbox_model: str = Field("", validation_alias="OLLABRIDGE_INBOX_MODEL")
+    default_model: str = Field("qwen2.5:1.5b", validation_alias="OLLABRIDGE_DEFAULT_MODEL")
+    max_body_bytes: int = Field(1024 * 1024, validation_alias="OLLABRIDGE_MAX_BODY_BYTES")
+    cors_origins_raw: str = Field("*", validation_alias="OLLABRIDGE_CORS_ORIGINS")
+    data_dir: str = Field(default_factory=_default_data_dir, validation_alias="OLLABRIDGE_DATA_DIR")
+    admin_token: str = Field("", validation_alias="OLLABRIDGE_ADMIN_TOKEN")
+    ui: bool = Field(True, validation_alias=AliasChoices("OLLABRIDGE_UI"))
+    public_url: str = Field("", validation_alias="OLLABRIDGE_PUBLIC_URL")
+    # Backend timeouts (seconds): connect, first byte of a response, gap between streamed chunks.
+    connect_timeout: float = Field(5.0, validation_alias="OLLABRIDGE_CONNECT_TIMEOUT")
+    first_token_timeout: float = Field(300.0, validation_alias="OLLABRIDGE_FIRST_TOKEN_TIMEOUT")
+    idle_timeout: float = Field(120.0, validation_alias="OLLABRIDGE_IDLE_TIMEOUT")
+    models_ttl: float = Field(5.0, validation_alias="OLLABRIDGE_MODELS_TTL")
+    engine_start_timeout: float = Field(120.0, validation_alias="OLLABRIDGE_ENGINE_START_TIMEOUT")
+    log_level: str = Field("info", validation_alias="OLLABRIDGE_LOG_LEVEL")
+
+    @cached_property
+    def upstreams(self) -> list[str]:
+        return [url.rstrip("/") for url in _split(self.upstreams_raw)]
+
+    @cached_property
+    def cors_origins(self) -> list[str]:
+        return _split(self.cors_origins_raw) or ["*"]
+
+    @cached_property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)

@@ -1,0 +1,102 @@
+"""The gateway's services: backends, router and engine, shared by the API and the web UI."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ollabridge import __version__
+from ollabridge.backends.ollama import OllamaBackend
+from ollabridge.config import Settings
+from ollabridge.router import Router
+from ollabridge.supervisor import EngineProcess, answers
+
+log = logging.getLogger("ollabridge")
+
+
+class Gateway:
+    """Everything a request needs, built from Settings; `start()`/`stop()` bracket its life."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started_at = time.time()
+        self.router = Router(models_ttl=settings.models_ttl, default_model=settings.default_model)
+        timeouts = dict(connect_timeout=settings.connect_timeout,
+                        first_token_timeout=settings.first_token_timeout, idle_timeout=settings.idle_timeout)
+        self.ollama = OllamaBackend("ollama", settings.ollama_base_url, **timeouts)
+        self.upstreams = [OllamaBackend(f"upstream-{i + 1}", url, kind="upstream", **timeouts)
+                          for i, url in enumerate(settings.upstreams)]
+        self.engine: EngineProcess | None = None
+        self.active_engine = "ollama"  # or "inbox", or "none" when neither answers
+        self._engine_task: asyncio.Task | None = None
+        # Set by the relay issue: the hub of connected GPU nodes, and the device-pairing service.
+        self.hub: Any = None
+        self.pairing: Any = None
+
+    async def start(self) -> None:
+        for backend in [self.ollama, *self.upstreams]:
+            self.router.add(backend)
+        mode = self.settings.engine
+        if mode == "inbox" or (mode == "auto" and not await answers(self.settings.ollama_base_url)):
+            self.active_engine = "inbox"
+            self.ollama.name = "inbox"
+            self.engine = EngineProcess(self.settings.ollama_base_url, self.settings.inbox_model,
+                                        self.settings.engine_start_timeout)
+            # Serve at once; the engine's model loads in the background and joins when it answers.
+            self._engine_task = asyncio.create_task(self._start_engine())
+        else:
+            log.info("using Ollama at %s", self.settings.ollama_base_url)
+
+    async def _start_engine(self) -> None:
+        assert self.engine is not None
+        if await self.engine.start():
+            await self.router.refresh(force=True)
+            self.router.notify()
+        else:
+            self.active_engine = "none"
+
+    async def stop(self) -> None:
+        if self._engine_task:
+            self._engine_task.cancel()
+        if self.engine:
+            await self.engine.stop()
+        await self.router.close()
+
+    # -- what /health, /ollama/status and the UI show ----------------------------------------
+    def relay_stats(self) -> dict[str, Any]:
+        if self.hub is not None:
+            return self.hub.stats()
+        return {"nodes_connected": 0, "requests_in_flight": 0, "requests_total": 0,
+                "requests_failed": 0, "tokens_relayed": 0}
+
+    async def health(self) -> dict[str, Any]:
+        backends = self.router.backends
+        checks = await asyncio.gather(*(b.health() for b in backends))
+        await self.router.refresh()
+        entries = []
+        for backend, check in zip(backends, checks):
+            entries.append({**backend.describe(), "healthy": check.ok, "detail": check.detail})
+        status = "ok" if entries and all(e["healthy"] for e in entries) else "degraded"
+        return {"status": status, "version": __version__, "uptime_s": round(time.time() - self.started_at, 1),
+                "engine": self.engine_info(), "backends": entries, "relay": self.relay_stats()}
+
+    def engine_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"active": self.active_engine, "mode": self.settings.engine,
+                                "url": self.settings.ollama_base_url}
+        if self.engine is not None:
+            info.update(state=self.engine.state, detail=self.engine.detail)
+        return info
+
+    async def status(self) -> dict[str, Any]:
+        health, version, loaded = await asyncio.gather(self.ollama.health(), self.ollama.version(),
+                                                       self.ollama.loaded())
+        models = await self.ollama.models(self.settings.models_ttl)
+        return {"ollama": {"reachable": health.ok, "url": self.settings.ollama_base_url, "version": version,
+                           "detail": health.detail,
+                           "models": [m.get("name") for m in models],
+                           "loaded": [m.get("name") for m in loaded]},
+                "engine": self.engine_info(),
+                "upstreams": [u.describe() for u in self.upstreams],
+                "relay": {**self.relay_stats(), "nodes": []}}
