@@ -79,6 +79,9 @@ class Router:
             await self.refresh(force=True)
             found = [b for b in self.backends if b.has_model(model)]
         if not found:
+            if not any(b.reachable for b in self.backends):
+                raise NoBackend("No backend is up: " + "; ".join(
+                    f"{b.name} does not answer" for b in self.backends) + ".", headers={"Retry-After": "5"})
             names = sorted({m.get("name") or m.get("model") for m in await self.models()} - {None})
             raise ModelNotFound(model, names)
         return found

@@ -1,4 +1,6 @@
-"""Refuse request bodies over OLLABRIDGE_MAX_BODY_BYTES with 413, before they are read whole."""
+"""Guard API request bodies: refuse those over OLLABRIDGE_MAX_BODY_BYTES with 413 before they
+are read whole, and read API bodies as JSON whatever their Content-Type (as Ollama does, so
+`curl -d '{...}'` works without a header)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ollabridge.api.errors import is_openai_path
 from ollabridge.api.openai_convert import error_body
+
+
+def _is_api(path: str) -> bool:
+    return path.startswith(("/ollama/", "/v1/", "/device/"))
+
+
+def _as_json(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    if any(k == b"content-type" and v.startswith(b"application/json") for k, v in headers):
+        return headers
+    return [(k, v) for k, v in headers if k != b"content-type"] + [(b"content-type", b"application/json")]
 
 
 class BodyTooLarge(HTTPException):
@@ -28,6 +40,8 @@ class BodyLimitMiddleware:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
                 await self._refuse(scope, send)
                 return
+        if scope["method"] == "POST" and _is_api(scope["path"]):
+            scope = {**scope, "headers": _as_json(scope["headers"])}
         seen = 0
         started = False
 

@@ -45,6 +45,7 @@ class Backend(abc.ABC):
         self.stats = BackendStats()
         self._models: list[dict[str, Any]] = []
         self._models_at = 0.0
+        self.reachable = False  # whether the last model-list fetch succeeded
 
     # -- what a backend must implement -------------------------------------------------
     @abc.abstractmethod
@@ -85,8 +86,10 @@ class Backend(abc.ABC):
         if now - self._models_at >= ttl:
             try:
                 self._models = await self.fetch_models()
+                self.reachable = True
             except Exception:
                 self._models = []
+                self.reachable = False
             self._models_at = time.monotonic()
         return self._models
 

@@ -1,0 +1,160 @@
+"""Which backend serves a request: by model, priority, load and slots; retries and the queue."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ollabridge.backends.base import Backend, BackendHealth
+from ollabridge.errors import BackendError, ModelNotFound, NoBackend
+from ollabridge.router import Router
+
+
+class Scripted(Backend):
+    """A backend in memory: serves its models, or fails the way a test says."""
+
+    def __init__(self, name, models, *, priority=10, slots=None, fail_before=False, fail_after=False,
+                 gate: asyncio.Event | None = None):
+        super().__init__(name, slots)
+        self.priority = priority
+        self.model_names = models
+        self.fail_before, self.fail_after, self.gate = fail_before, fail_after, gate
+        self.served = 0
+
+    async def chat(self, body):
+        self.served += 1
+        if self.fail_before:
+            raise BackendError(f"{self.name} died", retryable=True, backend=self.name)
+        if self.gate is not None:
+            await self.gate.wait()
+        yield {"model": body["model"], "message": {"role": "assistant", "content": self.name}, "done": False}
+        if self.fail_after:
+            raise BackendError(f"{self.name} died mid-stream", retryable=True, backend=self.name)
+        yield {"model": body["model"], "message": {"role": "assistant", "content": ""}, "done": True,
+               "eval_count": 1}
+
+    async def call(self, op, body):
+        return {"op": op, "by": self.name}
+
+    async def fetch_models(self):
+        return [{"name": n, "model": n} for n in self.model_names]
+
+    async def health(self):
+        return BackendHealth(True)
+
+
+async def _reply(router, model="a"):
+    served = {}
+    chunks = [c async for c in router.chat({"model": model, "messages": []}, served)]
+    return chunks[0]["message"]["content"], served
+
+
+async def test_only_backends_listing_the_model_serve_it():
+    router = Router()
+    for b in (Scripted("one", ["a"]), Scripted("two", ["b"])):
+        router.add(b)
+    assert (await _reply(router, "a"))[0] == "one"
+    assert (await _reply(router, "b"))[0] == "two"
+    assert (await _reply(router, "b"))[1] == {"backend": "two", "kind": "ollama"}
+
+
+async def test_unknown_model_names_what_is_available():
+    router = Router()
+    router.add(Scripted("one", ["a", "c"]))
+    with pytest.raises(ModelNotFound) as err:
+        await _reply(router, "zzz")
+    assert "a, c" in err.value.message and err.value.status == 404
+
+
+async def test_bare_name_means_latest():
+    router = Router()
+    router.add(Scripted("one", ["llama3:latest"]))
+    assert (await _reply(router, "llama3"))[0] == "one"
+
+
+async def test_gpu_node_priority_then_least_in_flight():
+    gate = asyncio.Event()
+    cpu, gpu1, gpu2 = Scripted("cpu", ["a"]), Scripted("gpu1", ["a"], priority=0, gate=gate), \
+        Scripted("gpu2", ["a"], priority=0, gate=gate)
+    router = Router()
+    for b in (cpu, gpu1, gpu2):
+        router.add(b)
+    first = asyncio.create_task(_reply(router))
+    second = asyncio.create_task(_reply(router))
+    while gpu1.stats.in_flight + gpu2.stats.in_flight < 2:
+        await asyncio.sleep(0)
+    assert (gpu1.stats.in_flight, gpu2.stats.in_flight) == (1, 1)
+    gate.set()
+    assert {(await first)[0], (await second)[0]} == {"gpu1", "gpu2"}
+    assert cpu.served == 0
+
+
+async def test_failure_before_first_chunk_is_retried_elsewhere():
+    router = Router()
+    bad, good = Scripted("bad", ["a"], priority=0, fail_before=True), Scripted("good", ["a"])
+    router.add(bad)
+    router.add(good)
+    assert (await _reply(router))[0] == "good"
+    assert bad.stats.failed == 1 and bad.stats.in_flight == 0
+
+
+async def test_failure_after_first_chunk_reaches_the_caller():
+    router = Router()
+    router.add(Scripted("flaky", ["a"], priority=0, fail_after=True))
+    router.add(Scripted("good", ["a"]))
+    seen = []
+    with pytest.raises(BackendError):
+        async for chunk in router.chat({"model": "a"}):
+            seen.append(chunk)
+    assert len(seen) == 1  # never silently re-sent from the start elsewhere
+
+
+async def test_full_slots_wait_in_queue_then_serve():
+    gate = asyncio.Event()
+    node = Scripted("node", ["a"], slots=1, gate=gate)
+    router = Router(queue_timeout=30)
+    router.add(node)
+    first = asyncio.create_task(_reply(router))
+    second = asyncio.create_task(_reply(router))
+    while router.waiting < 1:
+        await asyncio.sleep(0)
+    assert node.stats.in_flight == 1
+    gate.set()
+    assert [(await first)[0], (await second)[0]] == ["node", "node"]
+
+
+async def test_queue_full_or_wait_too_long_answers_503_with_retry_after():
+    gate = asyncio.Event()
+    router = Router(max_queue=1, queue_timeout=0.2)
+    router.add(Scripted("node", ["a"], slots=1, gate=gate))
+    holder = asyncio.create_task(_reply(router))
+    waiter = asyncio.create_task(_reply(router))
+    while router.waiting < 1:
+        await asyncio.sleep(0)
+    with pytest.raises(NoBackend) as full:
+        await _reply(router)
+    assert full.value.status == 503 and full.value.headers["Retry-After"]
+    with pytest.raises(NoBackend):
+        await waiter  # waited past queue_timeout
+    gate.set()
+    await holder
+
+
+async def test_no_backend_up_is_503_not_404():
+    class Down(Scripted):
+        async def fetch_models(self):
+            raise OSError("down")
+
+    router = Router()
+    router.add(Down("ollama", []))
+    with pytest.raises(NoBackend) as err:
+        await _reply(router)
+    assert err.value.status == 503
+
+
+async def test_default_model_falls_back_to_first_served():
+    router = Router(default_model="qwen2.5:1.5b")
+    router.add(Scripted("one", ["gemma3:270m"]))
+    assert await router.resolve_model(None) == "gemma3:270m"
+    assert await router.resolve_model("x") == "x"
