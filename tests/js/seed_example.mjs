@@ -17,4 +17,4 @@ const response = await fetch(
 );
 const data = await response.json();
 console.log(data.choices[0].message.content);
-console.error(JSON.stringify({ status: response.status, cors: response.headers.get("access-control-allow-origin"), data }));
+console.error(JSON.stringify({ status: response.status, data }));
