@@ -43,12 +43,30 @@ class Settings(BaseSettings):
     first_token_timeout: float = Field(300.0, validation_alias="OLLABRIDGE_FIRST_TOKEN_TIMEOUT")
     idle_timeout: float = Field(120.0, validation_alias="OLLABRIDGE_IDLE_TIMEOUT")
     models_ttl: float = Field(5.0, validation_alias="OLLABRIDGE_MODELS_TTL")
+    max_queue: int = Field(64, validation_alias="OLLABRIDGE_MAX_QUEUE")
+    queue_timeout: float = Field(60.0, validation_alias="OLLABRIDGE_QUEUE_TIMEOUT")
     engine_start_timeout: float = Field(120.0, validation_alias="OLLABRIDGE_ENGINE_START_TIMEOUT")
     log_level: str = Field("info", validation_alias="OLLABRIDGE_LOG_LEVEL")
+    # GPU nodes (relay + pairing): seconds between pings (3 missed = dead), largest frame in bytes,
+    # seconds a device waits between polls, pairing starts per client address per minute, and the
+    # most codes waiting for approval at once.
+    relay_heartbeat_s: float = Field(10.0, validation_alias="OLLABRIDGE_RELAY_HEARTBEAT")
+    relay_max_frame: int = Field(8 * 1024 * 1024, validation_alias="OLLABRIDGE_RELAY_MAX_FRAME")
+    device_interval: float = Field(5.0, validation_alias="OLLABRIDGE_DEVICE_INTERVAL")
+    device_rate: int = Field(10, validation_alias="OLLABRIDGE_DEVICE_RATE")
+    device_max_pending: int = Field(50, validation_alias="OLLABRIDGE_DEVICE_MAX_PENDING")
+    # Models the gateway pulls into Ollama in the background after it starts (comma-separated).
+    # Empty here so that a local run never downloads by surprise; start.sh (the Space) defaults it to
+    # qwen2.5:1.5b. Ignored while the in-box engine serves.
+    models_raw: str = Field("", validation_alias="OLLABRIDGE_MODELS")
 
     @cached_property
     def upstreams(self) -> list[str]:
         return [url.rstrip("/") for url in _split(self.upstreams_raw)]
+
+    @cached_property
+    def pull_models(self) -> list[str]:
+        return _split(self.models_raw)
 
     @cached_property
     def cors_origins(self) -> list[str]:

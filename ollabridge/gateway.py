@@ -10,6 +10,9 @@ from typing import Any
 from ollabridge import __version__
 from ollabridge.backends.ollama import OllamaBackend
 from ollabridge.config import Settings
+from ollabridge.pairing import PairingService
+from ollabridge.pulls import ModelPuller, wait_until_serving
+from ollabridge.relay.hub import RelayHub
 from ollabridge.router import Router
 from ollabridge.supervisor import EngineProcess, answers
 
@@ -22,7 +25,8 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.started_at = time.time()
-        self.router = Router(models_ttl=settings.models_ttl, default_model=settings.default_model)
+        self.router = Router(models_ttl=settings.models_ttl, default_model=settings.default_model,
+                             max_queue=settings.max_queue, queue_timeout=settings.queue_timeout)
         timeouts = dict(connect_timeout=settings.connect_timeout,
                         first_token_timeout=settings.first_token_timeout, idle_timeout=settings.idle_timeout)
         self.ollama = OllamaBackend("ollama", settings.ollama_base_url, **timeouts)
@@ -31,11 +35,23 @@ class Gateway:
         self.engine: EngineProcess | None = None
         self.active_engine = "ollama"  # or "inbox", or "none" when neither answers
         self._engine_task: asyncio.Task | None = None
-        # Set by the relay issue: the hub of connected GPU nodes, and the device-pairing service.
-        self.hub: Any = None
-        self.pairing: Any = None
+        # OLLABRIDGE_MODELS, pulled into Ollama in the background (ollabridge/pulls.py).
+        self.puller = ModelPuller(settings.ollama_base_url, settings.pull_models, on_pulled=self._pulled,
+                                  after=lambda: wait_until_serving(settings.host, settings.port),
+                                  connect_timeout=settings.connect_timeout)
+        self._pull_task: asyncio.Task | None = None
+        # GPU nodes: the device-pairing service (owner approves by code) and the relay hub.
+        self.pairing = PairingService(settings.data_path, settings.admin_token, settings.public_url,
+                                      interval=settings.device_interval, starts_per_minute=settings.device_rate,
+                                      max_pending=settings.device_max_pending)
+        self.hub = RelayHub(self.router, self.pairing, heartbeat_s=settings.relay_heartbeat_s,
+                            max_frame=settings.relay_max_frame, first_token_timeout=settings.first_token_timeout,
+                            idle_timeout=settings.idle_timeout)
+        self.pairing.hub = self.hub
 
     async def start(self) -> None:
+        self.pairing.open()
+        self.hub.start()
         for backend in [self.ollama, *self.upstreams]:
             self.router.add(backend)
         mode = self.settings.engine
@@ -46,8 +62,16 @@ class Gateway:
                                         self.settings.engine_start_timeout)
             # Serve at once; the engine's model loads in the background and joins when it answers.
             self._engine_task = asyncio.create_task(self._start_engine())
+            if self.puller.pulls:
+                self.puller.skip("the in-box engine serves OLLABRIDGE_INBOX_MODEL; it does not pull models")
         else:
             log.info("using Ollama at %s", self.settings.ollama_base_url)
+            if self.puller.pulls:
+                self._pull_task = asyncio.create_task(self.puller.run())
+
+    async def _pulled(self, model: str) -> None:
+        await self.router.refresh(force=True)
+        self.router.notify()
 
     async def _start_engine(self) -> None:
         assert self.engine is not None
@@ -60,9 +84,13 @@ class Gateway:
     async def stop(self) -> None:
         if self._engine_task:
             self._engine_task.cancel()
+        if self._pull_task:
+            self._pull_task.cancel()
         if self.engine:
             await self.engine.stop()
+        await self.hub.stop()
         await self.router.close()
+        self.pairing.close()
 
     # -- what /health, /ollama/status and the UI show ----------------------------------------
     def relay_stats(self) -> dict[str, Any]:
@@ -75,12 +103,16 @@ class Gateway:
         backends = self.router.backends
         checks = await asyncio.gather(*(b.health() for b in backends))
         await self.router.refresh()
+        # A backend that just came up (or went down) gets its model list now, not after the TTL.
+        changed = [b for b, check in zip(backends, checks) if check.ok != b.reachable]
+        await asyncio.gather(*(b.models(0) for b in changed))
         entries = []
         for backend, check in zip(backends, checks):
             entries.append({**backend.describe(), "healthy": check.ok, "detail": check.detail})
         status = "ok" if entries and all(e["healthy"] for e in entries) else "degraded"
         return {"status": status, "version": __version__, "uptime_s": round(time.time() - self.started_at, 1),
-                "engine": self.engine_info(), "backends": entries, "relay": self.relay_stats()}
+                "engine": self.engine_info(), "backends": entries, "relay": self.relay_stats(),
+                "pulls": self.puller.snapshot()}
 
     def engine_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"active": self.active_engine, "mode": self.settings.engine,
@@ -98,5 +130,6 @@ class Gateway:
                            "models": [m.get("name") for m in models],
                            "loaded": [m.get("name") for m in loaded]},
                 "engine": self.engine_info(),
+                "pulls": self.puller.snapshot(),
                 "upstreams": [u.describe() for u in self.upstreams],
-                "relay": {**self.relay_stats(), "nodes": []}}
+                "relay": {**self.relay_stats(), "nodes": self.hub.nodes_status() if self.hub else []}}

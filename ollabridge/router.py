@@ -50,7 +50,13 @@ class Router:
     # -- models ------------------------------------------------------------------------
     async def refresh(self, force: bool = False) -> None:
         ttl = 0.0 if force else self.models_ttl
-        await asyncio.gather(*(b.models(ttl) for b in self.backends))
+        # On the hot path every list is fresh: skip gather's tasks (it costs more than the check).
+        now = time.monotonic()
+        stale = [b for b in self.backends if now - b._models_at >= ttl]
+        if len(stale) == 1:
+            await stale[0].models(ttl)
+        elif stale:
+            await asyncio.gather(*(b.models(ttl) for b in stale))
 
     async def models(self) -> list[dict[str, Any]]:
         """The union of every backend's models (first backend's entry wins a name)."""

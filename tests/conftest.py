@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -26,3 +25,18 @@ def engine_url(out_dir: Path) -> str:
     with running(["-m", "ollabridge.engine", "--host", "127.0.0.1", "--port", str(port)],
                  f"{url}/api/version", log=out_dir / "engine.log", timeout=300):
         yield url
+
+
+def gateway_env(tmp: Path, port: int, **extra: str) -> dict[str, str]:
+    """The environment of a gateway process in tests: loopback, no UI unless asked."""
+    return {"HOST": "127.0.0.1", "PORT": str(port), "OLLABRIDGE_ENGINE": "ollama", "OLLABRIDGE_UI": "0",
+            "OLLABRIDGE_DATA_DIR": str(tmp), "OLLABRIDGE_ADMIN_TOKEN": "test-admin-token", **extra}
+
+
+@pytest.fixture(scope="session")
+def gateway_url(engine_url: str, out_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """`python app.py` as a real process in front of the real in-box engine."""
+    port = free_port()
+    env = gateway_env(tmp_path_factory.mktemp("gateway"), port, OLLAMA_BASE_URL=engine_url)
+    with running(["app.py"], f"http://127.0.0.1:{port}/health", env=env, log=out_dir / "gateway.log"):
+        yield f"http://127.0.0.1:{port}"

@@ -15,12 +15,24 @@ from ollabridge.errors import GatewayError
 
 log = logging.getLogger("ollabridge")
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 DONE = b"data: [DONE]\n\n"
+
+try:  # orjson ships with gradio: same compact UTF-8 output, several times faster
+    import orjson
+
+    def _bytes(obj: Any) -> bytes:
+        try:
+            return orjson.dumps(obj)
+        except TypeError:  # what orjson refuses (ints over 64 bits, non-str keys): stdlib
+            return _encode(obj).encode()
+except ImportError:  # pragma: no cover
+    def _bytes(obj: Any) -> bytes:
+        return _encode(obj).encode()
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + _dumps(obj).encode() + b"\n\n"
+    return b"data: " + _bytes(obj) + b"\n\n"
 
 
 def _failure(exc: Exception) -> GatewayError:
@@ -52,13 +64,13 @@ async def ndjson_stream(first: dict[str, Any], rest: AsyncIterator[dict[str, Any
                         on_error: Callable[[GatewayError], dict[str, Any]] | None = None) -> AsyncIterator[bytes]:
     """Ollama native objects, one per line; a failure becomes an `{"error": ...}` line."""
     try:
-        yield _dumps(first).encode() + b"\n"
+        yield _bytes(first) + b"\n"
         if not first.get("done"):
             async for chunk in rest:
-                yield _dumps(chunk).encode() + b"\n"
+                yield _bytes(chunk) + b"\n"
     except Exception as exc:  # noqa: BLE001
         err = _failure(exc)
-        yield _dumps({"error": err.message}).encode() + b"\n"
+        yield _bytes({"error": err.message}) + b"\n"
     finally:
         await rest.aclose()
 

@@ -13,6 +13,36 @@ from ollabridge.backends.base import Backend, BackendHealth
 from ollabridge.errors import BackendError
 
 _OPS = {"embed": "/api/embed", "embeddings": "/api/embeddings", "show": "/api/show"}
+_JSON_HEADERS = {"Content-Type": "application/json"}
+# How long to wait, after the `done` object, for the end of the HTTP body (a real server sends it
+# right after) so that the connection goes back to the pool instead of being closed.
+_DRAIN_TIMEOUT = 1.0
+
+try:  # orjson ships with gradio; parse and encode several times faster than json
+    import orjson
+
+    _loads = orjson.loads
+
+    def _dumps(obj: Any) -> bytes:
+        try:
+            return orjson.dumps(obj)
+        except TypeError:  # what orjson refuses (ints over 64 bits, non-str keys): stdlib
+            return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+except ImportError:  # pragma: no cover
+    _loads = json.loads
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+async def _drain(pieces: AsyncIterator[bytes]) -> None:
+    """Read a finished response to its end, so httpx keeps the connection alive for the next."""
+    try:
+        async with asyncio.timeout(_DRAIN_TIMEOUT):
+            async for _ in pieces:
+                pass
+    except (TimeoutError, httpx.HTTPError):
+        pass  # the connection is closed instead; nothing the caller needs to know
 
 
 def _error_text(raw: bytes, status: int) -> str:
@@ -42,7 +72,8 @@ class OllamaBackend(Backend):
         )
 
     async def chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        request = self._client.build_request("POST", "/api/chat", json=body)
+        request = self._client.build_request("POST", "/api/chat", content=_dumps(body),
+                                             headers=_JSON_HEADERS)
         try:
             async with asyncio.timeout(self.first_token_timeout):
                 response = await self._client.send(request, stream=True)
@@ -52,41 +83,54 @@ class OllamaBackend(Backend):
         except httpx.HTTPError as exc:
             raise BackendError(f"{self.name} is unreachable: {exc}", status=502,
                                retryable=True, backend=self.name) from exc
+        done = False
+        pieces = response.aiter_bytes()
         try:
             if response.status_code >= 400:
                 raw = await response.aread()
                 raise BackendError(_error_text(raw, response.status_code), status=response.status_code,
                                    retryable=response.status_code >= 500, backend=self.name)
-            lines = response.aiter_lines()
+            # One timeout per network read (not per line): a read often carries many lines.
             timeout = self.first_token_timeout
-            while True:
+            pending = b""
+            ended = False
+            while not ended:
                 try:
                     async with asyncio.timeout(timeout):
-                        line = await anext(lines)
+                        piece = await anext(pieces)
                 except StopAsyncIteration:
-                    raise BackendError(f"{self.name} ended the stream before it was done",
-                                       retryable=True, backend=self.name) from None
+                    ended, piece = True, b"\n"  # the last line may lack its newline (stream: false)
                 except TimeoutError:
                     raise BackendError(f"{self.name} sent nothing for {timeout:g}s", status=504,
                                        retryable=True, backend=self.name) from None
                 except httpx.HTTPError as exc:
                     raise BackendError(f"{self.name} failed mid-stream: {exc}", retryable=True,
                                        backend=self.name) from exc
-                if not line:
-                    continue
-                timeout = self.idle_timeout
-                try:
-                    chunk = json.loads(line)
-                except ValueError:
-                    raise BackendError(f"{self.name} sent a line that is not JSON: {line[:200]!r}",
-                                       backend=self.name) from None
-                if "error" in chunk:
-                    raise BackendError(str(chunk["error"]), backend=self.name)
-                yield chunk
-                if chunk.get("done"):
-                    return
+                lines = (pending + piece).split(b"\n")
+                pending = lines.pop()
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    timeout = self.idle_timeout
+                    try:
+                        chunk = _loads(line)
+                    except ValueError:
+                        raise BackendError(f"{self.name} sent a line that is not JSON: {line[:200]!r}",
+                                           backend=self.name) from None
+                    if "error" in chunk:
+                        raise BackendError(str(chunk["error"]), backend=self.name)
+                    done = bool(chunk.get("done"))
+                    yield chunk
+                    if done:
+                        return
+            raise BackendError(f"{self.name} ended the stream before it was done",
+                               retryable=True, backend=self.name)
         finally:
-            await response.aclose()
+            try:
+                if done:
+                    await _drain(pieces)
+            finally:
+                await response.aclose()
 
     async def call(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self._json("POST", _OPS[op], body)

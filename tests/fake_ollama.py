@@ -1,0 +1,193 @@
+"""A scripted Ollama-API server for tests: deterministic chunks, delays, hangs and deaths.
+
+    python -m tests.fake_ollama --port N --models a,b [--chunks N --delay S --die-after K --hang]
+
+Serves `/api/version`, `/api/tags`, `/api/ps`, `/api/chat` (NDJSON or one object), `/api/embed`,
+`/api/embeddings`, `/api/show`. A chat streams `chunks` content chunks ("tok0 ", "tok1 ", ...)
+`delay` seconds apart, then a `done` object with `eval_count`; `options.num_predict` in the
+request overrides `chunks`. `--hang` never answers a chat; `--die-after K` exits the process
+after K chunks of a stream. Test hooks:
+
+- `GET /_stats` -> `{active, max_active, started, completed, cancelled, chats, chunks}`: `cancelled`
+  counts chats whose client went away before the end (what a relay `cancel` must cause).
+- `POST /_control` `{models?: [names], chunks?, delay?, hang?, die_after?}` changes the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+STATE: dict[str, Any] = {"models": ["fake:latest"], "chunks": 5, "delay": 0.0, "hang": False, "die_after": 0}
+STATS = {"active": 0, "max_active": 0, "started": 0, "completed": 0, "cancelled": 0, "chats": 0, "chunks": 0}
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"name": name, "model": name, "modified_at": "2026-01-01T00:00:00Z", "size": 1000,
+            "digest": "f" * 64, "details": {"format": "gguf", "family": "fake", "parameter_size": "1M",
+                                            "quantization_level": "Q4_0"}}
+
+
+def _known(name: str) -> bool:
+    return name in STATE["models"] or f"{name}:latest" in STATE["models"]
+
+
+async def _read_body(receive) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return body
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
+async def _json(send, status: int, obj: Any) -> None:
+    raw = json.dumps(obj).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]})
+    await send({"type": "http.response.body", "body": raw})
+
+
+def _chunk(model: str, i: int) -> dict[str, Any]:
+    return {"model": model, "created_at": "2026-01-01T00:00:00Z",
+            "message": {"role": "assistant", "content": f"tok{i} "}, "done": False}
+
+
+def _final(model: str, n: int, started: float, content: str = "") -> dict[str, Any]:
+    took = int((time.monotonic() - started) * 1e9) or 1
+    return {"model": model, "created_at": "2026-01-01T00:00:00Z",
+            "message": {"role": "assistant", "content": content}, "done": True, "done_reason": "stop",
+            "total_duration": took, "load_duration": 1, "prompt_eval_count": 3, "prompt_eval_duration": 1,
+            "eval_count": n, "eval_duration": took}
+
+
+async def _chat(body: dict[str, Any], receive, send) -> None:
+    model = body.get("model", "")
+    if not _known(model):
+        await _json(send, 404, {"error": f"model '{model}' not found"})
+        return
+    n = int((body.get("options") or {}).get("num_predict") or STATE["chunks"])
+    n = max(1, min(n, 100000))
+    stream = body.get("stream", True)
+    STATS["chats"] += 1
+    STATS["started"] += 1
+    STATS["active"] += 1
+    STATS["max_active"] = max(STATS["max_active"], STATS["active"])
+    started = time.monotonic()
+
+    async def generate() -> None:
+        if STATE["hang"]:
+            await asyncio.Event().wait()
+        if not stream:
+            await asyncio.sleep(STATE["delay"] * n)
+            content = "".join(f"tok{i} " for i in range(n))
+            await _json(send, 200, _final(model, n, started, content))
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/x-ndjson")]})
+        for i in range(n):
+            if STATE["delay"]:
+                await asyncio.sleep(STATE["delay"])
+            await send({"type": "http.response.body", "body": json.dumps(_chunk(model, i)).encode() + b"\n",
+                        "more_body": True})
+            STATS["chunks"] += 1
+            if STATE["die_after"] and i + 1 >= STATE["die_after"]:
+                os._exit(1)
+        await send({"type": "http.response.body", "body": json.dumps(_final(model, n, started)).encode() + b"\n",
+                    "more_body": False})
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    gen = asyncio.create_task(generate())
+    gone = asyncio.create_task(disconnected())
+    try:
+        done, _ = await asyncio.wait({gen, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if gen in done and gen.exception() is None:
+            STATS["completed"] += 1
+        else:
+            STATS["cancelled"] += 1
+    finally:
+        STATS["active"] -= 1
+        for task in (gen, gone):
+            task.cancel()
+        await asyncio.gather(gen, gone, return_exceptions=True)
+
+
+async def app(scope, receive, send) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    path, method = scope["path"], scope["method"]
+    raw = await _read_body(receive) if method in ("POST", "PUT", "DELETE") else b""
+    try:
+        body = json.loads(raw) if raw else {}
+    except ValueError:
+        await _json(send, 400, {"error": "invalid JSON"})
+        return
+    if path == "/api/version":
+        await _json(send, 200, {"version": "0.0.0-fake"})
+    elif path == "/api/tags":
+        await _json(send, 200, {"models": [_model(m) for m in STATE["models"]]})
+    elif path == "/api/ps":
+        await _json(send, 200, {"models": []})
+    elif path == "/api/chat" and method == "POST":
+        await _chat(body, receive, send)
+    elif path in ("/api/embed", "/api/embeddings", "/api/show") and method == "POST":
+        model = body.get("model") or body.get("name") or ""
+        if not _known(model):
+            await _json(send, 404, {"error": f"model '{model}' not found"})
+        elif path == "/api/embed":
+            inputs = body.get("input")
+            inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
+            await _json(send, 200, {"model": model, "embeddings": [[0.1, 0.2, float(len(t))] for t in inputs]})
+        elif path == "/api/embeddings":
+            await _json(send, 200, {"embedding": [0.1, 0.2, float(len(body.get("prompt", "")))]})
+        else:
+            await _json(send, 200, {"modelfile": "# fake", "parameters": "", "template": "{{ .Prompt }}",
+                                    "details": _model(model)["details"], "model_info": {}})
+    elif path == "/_stats":
+        await _json(send, 200, STATS)
+    elif path == "/_control" and method == "POST":
+        for key in ("models", "chunks", "delay", "hang", "die_after"):
+            if key in body:
+                STATE[key] = body[key]
+        if body.get("reset_stats"):
+            for key in STATS:
+                STATS[key] = 0 if key != "active" else STATS[key]
+        await _json(send, 200, STATE)
+    else:
+        await _json(send, 404, {"error": f"{method} {path} not found"})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.fake_ollama", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--models", default="fake:latest", help="comma-separated model names")
+    parser.add_argument("--chunks", type=int, default=5)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds between chunks")
+    parser.add_argument("--die-after", type=int, default=0, help="exit the process after K chunks")
+    parser.add_argument("--hang", action="store_true", help="never answer a chat")
+    args = parser.parse_args(argv)
+    STATE.update(models=[m.strip() for m in args.models.split(",") if m.strip()], chunks=args.chunks,
+                 delay=args.delay, hang=args.hang, die_after=args.die_after)
+    import uvicorn
+
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="on")
+
+
+if __name__ == "__main__":
+    main()
