@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from ollabridge.backends.ollama import error_text
+
 log = logging.getLogger("ollabridge.pulls")
 
 
@@ -187,7 +189,7 @@ class ModelPuller:
                                  json={"model": pull.model, "name": pull.model, "stream": True}) as response:
             if response.status_code >= 400:
                 raw = (await response.aread()).decode(errors="replace")
-                raise PullError(_error_text(raw) or f"HTTP {response.status_code}")
+                raise PullError(error_text(raw, response.status_code))
             async for line in response.aiter_lines():
                 if not line.strip():
                     continue
@@ -237,16 +239,6 @@ async def wait_until_serving(host: str, port: int, timeout: float = 30.0) -> boo
             await asyncio.sleep(0.1)  # uvicorn binds after the app's startup; nothing to await instead
     log.warning("the gateway did not answer %s within %gs; pulling anyway", url, timeout)
     return False
-
-
-def _error_text(raw: str) -> str:
-    try:
-        data = json.loads(raw)
-        if isinstance(data, dict) and data.get("error"):
-            return str(data["error"])
-    except ValueError:
-        pass
-    return raw.strip()[:500]
 
 
 def _mb(n: int) -> str:

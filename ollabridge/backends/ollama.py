@@ -45,14 +45,16 @@ async def _drain(pieces: AsyncIterator[bytes]) -> None:
         pass  # the connection is closed instead; nothing the caller needs to know
 
 
-def _error_text(raw: bytes, status: int) -> str:
+def error_text(raw: bytes | str, status: int) -> str:
+    """The message of an Ollama error body (`{"error": ...}`), or the body's text itself."""
     try:
         data = json.loads(raw)
         if isinstance(data, dict) and data.get("error"):
             return str(data["error"])
     except ValueError:
         pass
-    return raw.decode(errors="replace").strip()[:500] or f"HTTP {status}"
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    return text.strip()[:500] or f"HTTP {status}"
 
 
 class OllamaBackend(Backend):
@@ -88,7 +90,7 @@ class OllamaBackend(Backend):
         try:
             if response.status_code >= 400:
                 raw = await response.aread()
-                raise BackendError(_error_text(raw, response.status_code), status=response.status_code,
+                raise BackendError(error_text(raw, response.status_code), status=response.status_code,
                                    retryable=response.status_code >= 500, backend=self.name)
             # One timeout per network read (not per line): a read often carries many lines.
             timeout = self.first_token_timeout
@@ -172,7 +174,7 @@ class OllamaBackend(Backend):
             raise BackendError(f"{self.name} is unreachable: {exc!r}", status=502, retryable=True,
                                backend=self.name) from exc
         if response.status_code >= 400:
-            raise BackendError(_error_text(response.content, response.status_code),
+            raise BackendError(error_text(response.content, response.status_code),
                                status=response.status_code, retryable=response.status_code >= 500,
                                backend=self.name)
         try:

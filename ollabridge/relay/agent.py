@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from ollabridge import __version__
+from ollabridge.backends.ollama import error_text
 from ollabridge.relay import protocol as p
 
 log = logging.getLogger("ollabridge.node")
@@ -406,7 +407,7 @@ class NodeAgent:
             else:
                 response = await self.http.post(OLLAMA_PATHS[op], json=body)
                 if response.status_code >= 400:
-                    self._error(rid, response.status_code, _error_text(response.content, response.status_code))
+                    self._error(rid, response.status_code, error_text(response.content, response.status_code))
                 else:
                     await credit.take()
                     self._res(rid, response.json(), True)
@@ -424,7 +425,7 @@ class NodeAgent:
         async with self.http.stream("POST", "/api/chat", json=body) as response:
             if response.status_code >= 400:
                 raw = await response.aread()
-                self._error(rid, response.status_code, _error_text(raw, response.status_code))
+                self._error(rid, response.status_code, error_text(raw, response.status_code))
                 return
             async for line in response.aiter_lines():
                 if not line.strip():
@@ -484,16 +485,6 @@ class NodeAgent:
 
 def _signature(models: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return sorted((m.get("name") or m.get("model") or "", m.get("digest") or "") for m in models)
-
-
-def _error_text(raw: bytes, status: int) -> str:
-    try:
-        data = json.loads(raw)
-        if isinstance(data, dict) and data.get("error"):
-            return str(data["error"])
-    except ValueError:
-        pass
-    return raw.decode(errors="replace").strip()[:500] or f"HTTP {status}"
 
 
 # -- command line --------------------------------------------------------------------------------
