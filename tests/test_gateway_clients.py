@@ -32,6 +32,8 @@ def test_seed_curl_lines(gateway_url):
                                     "requests_failed", "tokens_relayed"}
     models = httpx.get(f"{gateway_url}/ollama/v1/models").json()
     assert models["object"] == "list" and MODEL in [m["id"] for m in models["data"]]
+    card = next(m for m in models["data"] if m["id"] == MODEL)
+    assert "not instruction-tuned" in card["notice"]  # the base model says so where it is listed
 
     body = {"model": MODEL, "messages": HELLO, "stream": True, "max_tokens": 12}
     with httpx.stream("POST", f"{gateway_url}/ollama/v1/chat/completions", json=body) as r:

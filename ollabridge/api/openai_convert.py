@@ -197,8 +197,10 @@ def models_to_openai(models: Iterable[dict[str, Any]]) -> dict[str, Any]:
         if not name:
             continue
         owner = (entry.get("ollabridge") or {}).get("kind", "ollabridge")
-        data.append({"id": name, "object": "model", "created": _timestamp(entry.get("modified_at")),
-                     "owned_by": owner})
+        card = {"id": name, "object": "model", "created": _timestamp(entry.get("modified_at")), "owned_by": owner}
+        if entry.get("notice"):  # e.g. the in-box engine's "base model, not instruction-tuned"
+            card["notice"] = entry["notice"]
+        data.append(card)
     return {"object": "list", "data": data}
 
 

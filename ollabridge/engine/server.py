@@ -140,7 +140,8 @@ def create_app(model: ModelFile | str = "", *, cache_dir: Path | None = None, n_
     async def tags() -> dict:
         m = served().model
         st = m.path.stat()
-        return {"models": [shapes.model_entry(m.name, m.digest, st.st_size, st.st_mtime, details())]}
+        return {"models": [shapes.model_entry(m.name, m.digest, st.st_size, st.st_mtime, details(),
+                                               m.notice)]}
 
     @app.get("/api/ps")
     async def ps() -> dict:

@@ -79,10 +79,13 @@ def l2_normalize(vector: list[float], dimensions: int | None = None) -> list[flo
     return [v / norm for v in vector] if norm > 0 else list(vector)
 
 
-def model_entry(name: str, digest: str, size: int, modified: float, details: dict) -> dict:
-    """One model in /api/tags."""
-    return {"name": name, "model": name, "modified_at": iso(modified), "size": size, "digest": digest,
-            "details": details}
+def model_entry(name: str, digest: str, size: int, modified: float, details: dict, notice: str = "") -> dict:
+    """One model in /api/tags; `notice` (the base-model warning) rides along where the model is listed."""
+    entry = {"name": name, "model": name, "modified_at": iso(modified), "size": size, "digest": digest,
+             "details": details}
+    if notice:
+        entry["notice"] = notice
+    return entry
 
 
 def ps_entry(name: str, digest: str, size: int, details: dict, context_length: int) -> dict:

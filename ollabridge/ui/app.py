@@ -32,7 +32,7 @@ CSS = """
   border: 1px solid var(--border-color-primary); color: var(--body-text-color); }
 #ob-header .ob-links a:hover { border-color: var(--color-accent); color: var(--color-accent); }
 .ob-meta { color: var(--body-text-color-subdued); font-size: 0.8em; }
-.ob-cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 10px; }
+.ob-cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(165px, 1fr)); gap: 10px; }
 .ob-card { border: 1px solid var(--border-color-primary); border-radius: 12px; padding: 10px 14px;
   background: var(--block-background-fill); }
 .ob-card .ob-k { font-size: 0.75rem; text-transform: uppercase; letter-spacing: 0.06em;
@@ -44,7 +44,7 @@ CSS = """
 .ob-bar { height: 8px; border-radius: 4px; background: var(--border-color-primary); overflow: hidden; }
 .ob-bar > div { height: 100%; background: var(--color-accent); }
 .ob-kv { margin-top: 8px; border-collapse: collapse; font-size: 0.9rem; }
-.ob-kv th, .ob-kv td { border: none !important; background: none !important; }
+.ob-kv, .ob-kv tr, .ob-kv th, .ob-kv td { border: 0 !important; background: none !important; }
 .ob-kv th { text-align: left; padding: 2px 14px 2px 0; color: var(--body-text-color-subdued); font-weight: 500;
   vertical-align: top; }
 .ob-kv td { padding: 2px 0; overflow-wrap: anywhere; }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import logging
 import time
 from typing import Any, AsyncIterator
@@ -24,7 +25,8 @@ def model_label(entry: dict[str, Any]) -> str:
     if info.get("kind") == "node":
         return f"{name}  ·  GPU ({info.get('backend')})"
     size = (entry.get("details") or {}).get("parameter_size")
-    return f"{name}  ·  {size}" if size else name
+    label = f"{name}  ·  {size}" if size else name
+    return f"{label}  ·  base model, replies not coherent" if entry.get("notice") else label
 
 
 def model_choices(models: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -74,7 +76,7 @@ def meta_line(served: dict[str, Any], done: dict[str, Any] | None, started: floa
     parts.append(f"{tokens} tokens")
     if first_token_at is not None:
         parts.append(f"first token {first_token_at - started:.2f}s")
-    return "\n\n<span class=\"ob-meta\">" + " · ".join(parts) + "</span>"
+    return "\n\n<span class=\"ob-meta\">" + html.escape(" · ".join(parts)) + "</span>"
 
 
 async def reply(gateway: Gateway, message: str, shown: list[dict], convo: list[dict[str, str]], model: str,

@@ -111,7 +111,9 @@ async def snapshot(gateway: Gateway) -> tuple[str, list[list[Any]], list[list[An
         engine_name = {"ollama": "Ollama", "none": "None"}.get(active, active)
     engine_state = engine.get("state") or ("running" if ollama.get("reachable") else "down")
     engine_cls = {"running": "ob-ok", "starting": "ob-warn"}.get(engine_state, "ob-bad")
-    engine_sub = _esc(" · ".join(str(x) for x in (engine_state, ollama.get("version"), engine.get("url")) if x))
+    engine_sub = _esc(" · ".join(str(x) for x in (engine_state, ollama.get("version")) if x))
+    if engine.get("url"):
+        engine_sub += f"<br>{_esc(engine['url'])}"
     if engine.get("detail"):
         engine_sub += f"<br>{_esc(engine['detail'])}"
     nodes = node_rows(gateway, relay.get("nodes") or [])
@@ -123,8 +125,8 @@ async def snapshot(gateway: Gateway) -> tuple[str, list[list[Any]], list[list[An
         _card("GPU nodes", str(relay.get("nodes_connected", len(nodes))),
               _esc(f"{relay.get('requests_in_flight', 0)} relayed requests in flight")),
         _card("Requests", str(requests),
-              _esc(f"{in_flight} in flight · {gateway.router.waiting} queued")),
-        _card("Failures", str(failed), "", "ob-bad" if failed else ""),
+              (f'<span class="{"ob-bad" if failed else ""}" id="status-failures">{failed} failed</span> · '
+               + _esc(f"{in_flight} in flight · {gateway.router.waiting} queued"))),
         _card("Tokens", f"{tokens:,}", _esc(f"{int(relay.get('tokens_relayed') or 0):,} via GPU nodes")),
     ]
     html_out = f'<div class="ob-cards" id="status-cards">{"".join(cards)}</div>'
