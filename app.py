@@ -8,15 +8,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 def main() -> None:
-    import uvicorn
-
     from ollabridge.config import Settings
-    from ollabridge.server import configure_logging, create_app
+    from ollabridge.server import configure_logging, serve
 
     settings = Settings()
     configure_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower(), timeout_graceful_shutdown=10)
+    serve(settings)  # uvicorn with a graceful drain on SIGTERM (OLLABRIDGE_SHUTDOWN_TIMEOUT)
 
 
 if __name__ == "__main__":

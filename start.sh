@@ -30,6 +30,11 @@ export PYTHONUNBUFFERED=1
 # The models the gateway pulls into Ollama after it starts; set it empty to pull nothing.
 export OLLABRIDGE_MODELS="${OLLABRIDGE_MODELS-qwen2.5:1.5b}"
 WAIT_S="${OLLABRIDGE_OLLAMA_WAIT:-60}"
+# On a Space every request comes through Hugging Face's proxy, which appends the caller's address to
+# X-Forwarded-For: trust that one hop, so rate limits apply per caller and not to the proxy.
+if [ -n "${SPACE_HOST:-}" ]; then
+    export OLLABRIDGE_FORWARDED_HOPS="${OLLABRIDGE_FORWARDED_HOPS:-1}"
+fi
 
 # One address for both sides: OLLAMA_HOST (what `ollama serve` binds) and OLLAMA_BASE_URL (what the
 # gateway dials). Either one may be given; the default is Ollama's own 127.0.0.1:11434.

@@ -55,6 +55,22 @@ class Settings(BaseSettings):
     device_interval: float = Field(5.0, validation_alias="OLLABRIDGE_DEVICE_INTERVAL")
     device_rate: int = Field(10, validation_alias="OLLABRIDGE_DEVICE_RATE")
     device_max_pending: int = Field(50, validation_alias="OLLABRIDGE_DEVICE_MAX_PENDING")
+    # The public API's guard (ollabridge/api/edge.py). Keys: comma-separated; with none here and none
+    # minted (POST /admin/keys) the API is open. Limits: requests a minute and requests in flight
+    # (streams until their last chunk) per client address, or per key for requests with a valid key;
+    # 0 turns a limit off. Forwarded hops: proxies in front whose X-Forwarded-For is trusted (1 on a
+    # Space; 0 trusts no header). Keep-alive: seconds between SSE comments while a stream waits.
+    api_keys_raw: str = Field("", validation_alias="OLLABRIDGE_API_KEYS")
+    rate_limit_rpm: int = Field(60, validation_alias="OLLABRIDGE_RATE_LIMIT_RPM")
+    rate_limit_streams: int = Field(4, validation_alias="OLLABRIDGE_RATE_LIMIT_STREAMS")
+    key_rate_limit_rpm: int = Field(600, validation_alias="OLLABRIDGE_KEY_RATE_LIMIT_RPM")
+    key_rate_limit_streams: int = Field(16, validation_alias="OLLABRIDGE_KEY_RATE_LIMIT_STREAMS")
+    forwarded_hops: int = Field(0, validation_alias="OLLABRIDGE_FORWARDED_HOPS")
+    keepalive_s: float = Field(15.0, validation_alias="OLLABRIDGE_KEEPALIVE")
+    request_timeout: float = Field(600.0, validation_alias="OLLABRIDGE_REQUEST_TIMEOUT")
+    shutdown_timeout: float = Field(8.0, validation_alias="OLLABRIDGE_SHUTDOWN_TIMEOUT")
+    metrics: Literal["1", "0", "admin"] = Field("1", validation_alias="OLLABRIDGE_METRICS")
+    log_content: bool = Field(False, validation_alias="OLLABRIDGE_LOG_CONTENT")
     # Models the gateway pulls into Ollama in the background after it starts (comma-separated).
     # Empty here so that a local run never downloads by surprise; start.sh (the Space) defaults it to
     # qwen2.5:1.5b. Ignored while the in-box engine serves.
@@ -63,6 +79,10 @@ class Settings(BaseSettings):
     @cached_property
     def upstreams(self) -> list[str]:
         return [url.rstrip("/") for url in _split(self.upstreams_raw)]
+
+    @cached_property
+    def api_keys(self) -> list[str]:
+        return _split(self.api_keys_raw)
 
     @cached_property
     def pull_models(self) -> list[str]:

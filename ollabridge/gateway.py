@@ -10,8 +10,11 @@ from typing import Any
 from ollabridge import __version__
 from ollabridge.backends.ollama import OllamaBackend
 from ollabridge.config import Settings
+from ollabridge.keys import ApiKeys
+from ollabridge.metrics import Metrics
 from ollabridge.pairing import PairingService
 from ollabridge.pulls import ModelPuller, wait_until_serving
+from ollabridge.ratelimit import RateLimiter
 from ollabridge.relay.hub import RelayHub
 from ollabridge.router import Router
 from ollabridge.supervisor import EngineProcess, answers
@@ -48,9 +51,18 @@ class Gateway:
                             max_frame=settings.relay_max_frame, first_token_timeout=settings.first_token_timeout,
                             idle_timeout=settings.idle_timeout)
         self.pairing.hub = self.hub
+        # The API's edge (ollabridge/api/edge.py): keys, limits, requests in flight, metrics.
+        self.keys = ApiKeys(settings.data_path, settings.api_keys, self.pairing.is_admin)
+        self.limiter = RateLimiter()
+        self.metrics = Metrics(self)
+        self.inflight: set[Any] = set()  # RequestContexts of API requests being served
+        self.draining = False
+        self.drained = asyncio.Event()
 
     async def start(self) -> None:
         self.pairing.open()
+        self.keys.open()
+        self.keys.drop_admin_token(self.pairing._admin or "")
         self.hub.start()
         for backend in [self.ollama, *self.upstreams]:
             self.router.add(backend)
@@ -91,6 +103,35 @@ class Gateway:
         await self.hub.stop()
         await self.router.close()
         self.pairing.close()
+        self.keys.close()
+
+    async def drain(self, timeout: float) -> dict[str, int]:
+        """Graceful shutdown (SIGTERM): refuse new API requests (503), tell GPU nodes (`goaway`),
+        let requests in flight finish for up to `timeout` seconds, then end the rest with an error
+        event, and close the nodes' sockets (1012: reconnect). Returns what happened."""
+        self.draining = True
+        left = len(self.inflight)
+        log.info("shutting down: %d request(s) in flight get up to %gs to finish", left, timeout)
+        self.hub.goaway(timeout)
+        if self.inflight:
+            self.drained.clear()
+            try:
+                await asyncio.wait_for(self.drained.wait(), timeout)
+            except TimeoutError:
+                pass
+        cut = len(self.inflight)
+        if cut:
+            log.warning("shutting down: ending %d request(s) still running after %gs", cut, timeout)
+            for ctx in list(self.inflight):
+                ctx.abort("shutdown", 503, "The gateway is shutting down; this request was cut. Retry it "
+                                           "in a few seconds.")
+            self.drained.clear()
+            try:
+                await asyncio.wait_for(self.drained.wait(), 2)
+            except TimeoutError:
+                pass
+        await self.hub.stop(code=1012, reason="gateway restarting")
+        return {"in_flight": left, "finished": left - cut, "cut": cut}
 
     # -- what /health, /ollama/status and the UI show ----------------------------------------
     def relay_stats(self) -> dict[str, Any]:

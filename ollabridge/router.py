@@ -165,6 +165,8 @@ class Router:
                         sent = True
                         if chunk.get("done"):
                             _count_tokens(backend, chunk, started)
+                            if served is not None:
+                                served["done"] = chunk  # token counts for the metrics and the log line
                         yield chunk
                     return
             except BackendError as exc:
@@ -173,7 +175,8 @@ class Router:
                 if not [b for b in self.backends if b.has_model(model) and id(b) not in tried]:
                     raise
 
-    async def call(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def call(self, op: str, body: dict[str, Any], served: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
         """A one-shot native call (embed, embeddings, show) on a backend with the model."""
         tried: set[int] = set()
         model = body.get("model", "")
@@ -181,6 +184,8 @@ class Router:
             try:
                 async with self.lease(model, tried) as backend:
                     tried.add(id(backend))
+                    if served is not None:
+                        served.update(backend=backend.name, kind=backend.kind)
                     return await backend.call(op, body)
             except BackendError as exc:
                 others = [b for b in self.backends if b.has_model(model) and id(b) not in tried]

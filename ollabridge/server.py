@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
+import uvicorn
+
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from ollabridge import __version__
-from ollabridge.api import (device_routes, errors, node_routes, ollama_routes, openai_routes, relay_routes,
-                            system_routes)
+from ollabridge.api import (admin_routes, device_routes, errors, node_routes, ollama_routes, openapi,
+                            openai_routes, relay_routes, system_routes)
+from ollabridge.api.edge import EdgeMiddleware
 from ollabridge.api.limits import BodyLimitMiddleware
 from ollabridge.config import Settings
 from ollabridge.gateway import Gateway
@@ -35,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.gateway = gateway
     app.state.settings = settings
     errors.install(app)
+    openapi.install(app)
     app.include_router(system_routes.router)
     app.include_router(openai_routes.router, prefix="/ollama")
     app.include_router(openai_routes.router, include_in_schema=False)
@@ -42,9 +46,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(device_routes.router)
     app.include_router(relay_routes.router)
     app.include_router(node_routes.router)
+    app.include_router(admin_routes.router)
+    # Added first, so inside CORS (401/429 carry its headers; preflights skip it): keys, limits,
+    # timeouts, graceful shutdown, metrics and the log line (ollabridge/api/edge.py).
+    app.add_middleware(EdgeMiddleware, gateway=gateway)
     origins = settings.cors_origins
     app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],
-                       allow_credentials=origins != ["*"], expose_headers=["Retry-After"])
+                       allow_credentials=origins != ["*"], expose_headers=["Retry-After", "X-Request-ID"])
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.ui:  # keep last: the UI is mounted at "/", after every API route (Gradio imports lazily)
         from ollabridge.ui import mount_ui
@@ -55,3 +63,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per backend call drowns the log
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn, plus a drain before its own shutdown: stop accepting connections, refuse new API
+    requests (503), let those in flight finish for OLLABRIDGE_SHUTDOWN_TIMEOUT seconds, end the rest
+    with an error event, tell GPU nodes (`goaway`, then close 1012). Without it uvicorn would close
+    the nodes' sockets at once and cut their streams."""
+
+    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+        super().__init__(config)
+        self.gateway = gateway
+
+    async def shutdown(self, sockets=None) -> None:
+        for server in self.servers:
+            server.close()  # stop accepting; uvicorn's shutdown below closes them again (a no-op)
+        if not self.force_exit:
+            try:
+                result = await self.gateway.drain(self.gateway.settings.shutdown_timeout)
+                logging.getLogger("ollabridge").info("drained: %s", result)
+            except Exception:  # noqa: BLE001 - never block the shutdown itself
+                logging.getLogger("ollabridge").exception("graceful drain failed")
+        await super().shutdown(sockets)
+
+
+def serve(settings: Settings) -> None:
+    """Run the gateway with uvicorn, shutting down gracefully on SIGTERM/SIGINT."""
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                            access_log=False,  # the edge writes one structured line per request instead
+                            timeout_graceful_shutdown=2)  # after the drain: only the UI's connections are left
+    GracefulServer(config, app.state.gateway).run()

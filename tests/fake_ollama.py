@@ -73,7 +73,7 @@ async def _chat(body: dict[str, Any], receive, send) -> None:
         await _json(send, 404, {"error": f"model '{model}' not found"})
         return
     n = int((body.get("options") or {}).get("num_predict") or STATE["chunks"])
-    n = max(1, min(n, 100000))
+    n = max(1, min(n, STATE.get("max_chunks") or 100000))
     stream = body.get("stream", True)
     STATS["chats"] += 1
     STATS["started"] += 1
@@ -151,7 +151,10 @@ async def app(scope, receive, send) -> None:
             await _json(send, 404, {"error": f"model '{model}' not found"})
         elif path == "/api/embed":
             inputs = body.get("input")
-            inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
+            inputs = [inputs] if isinstance(inputs, str) else inputs
+            if not isinstance(inputs, list) or not all(isinstance(t, str) for t in inputs):
+                await _json(send, 400, {"error": "invalid input type"})  # as Ollama answers token arrays
+                return
             await _json(send, 200, {"model": model, "embeddings": [[0.1, 0.2, float(len(t))] for t in inputs]})
         elif path == "/api/embeddings":
             await _json(send, 200, {"embedding": [0.1, 0.2, float(len(body.get("prompt", "")))]})
@@ -181,9 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between chunks")
     parser.add_argument("--die-after", type=int, default=0, help="exit the process after K chunks")
     parser.add_argument("--hang", action="store_true", help="never answer a chat")
+    parser.add_argument("--max-chunks", type=int, default=100000, help="cap on num_predict (fuzzers send huge ones)")
     args = parser.parse_args(argv)
     STATE.update(models=[m.strip() for m in args.models.split(",") if m.strip()], chunks=args.chunks,
-                 delay=args.delay, hang=args.hang, die_after=args.die_after)
+                 delay=args.delay, hang=args.hang, die_after=args.die_after, max_chunks=args.max_chunks)
     import uvicorn
 
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="on")

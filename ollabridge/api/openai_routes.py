@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from ollabridge.api import edge
 from ollabridge.api import openai_convert as convert
+from ollabridge.api.keepalive import KeepAliveSSE
 from ollabridge.api.openai_protocol import (ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
                                             EmbeddingRequest, EmbeddingResponse, ErrorResponse, ModelList)
 from ollabridge.api.streaming import sse_stream, start
@@ -30,13 +32,20 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     """Chat with any served model, streamed (SSE) or not."""
     gateway = _gateway(request)
     model = await gateway.router.resolve_model(body.model)
-    stream = gateway.router.chat(convert.chat_request_to_ollama(body, model))
-    first = await start(stream)
+    payload = convert.chat_request_to_ollama(body, model)
+    stream = gateway.router.chat(payload, edge.served(request, model))
+    if gateway.settings.log_content:
+        stream = edge.with_content(request, payload, stream)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         translator = convert.StreamTranslator(model, include_usage)
+        if gateway.settings.keepalive_s > 0:  # the first chunk is awaited inside, keep-alives meanwhile
+            return KeepAliveSSE(stream, translator, gateway.settings.keepalive_s, request.url.path,
+                                edge.context(request))
+        first = await start(stream)
         return StreamingResponse(sse_stream(first, stream, translator), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    first = await start(stream)
     chunks = [first]
     if not first.get("done"):
         async for chunk in stream:
@@ -65,5 +74,6 @@ async def embeddings(body: EmbeddingRequest, request: Request):
     """Embed a string or a list of strings."""
     gateway = _gateway(request)
     model = await gateway.router.resolve_model(body.model)
-    result = await gateway.router.call("embed", convert.embedding_request_to_ollama(body, model))
+    result = await gateway.router.call("embed", convert.embedding_request_to_ollama(body, model),
+                                       edge.served(request, model))
     return JSONResponse(convert.embedding_response(result, model, body.encoding_format))

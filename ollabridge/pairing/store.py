@@ -1,5 +1,7 @@
 """Paired nodes in SQLite under the data dir: node tokens are kept only as SHA-256 hashes.
 
+`SQLiteStore` is the shared base (file mode, WAL, lock, helpers); `ollabridge.keys` reuses it.
+
 Thread-safe (one connection behind a lock): the API calls it from the event loop, the web UI
 may call it from a worker thread. Every statement is tiny and local, so it runs inline.
 """
@@ -35,7 +37,15 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class NodeStore:
+class SQLiteStore:
+    """One owner-only (0600) SQLite file under the data dir, one connection behind a lock.
+
+    Subclasses give their `SCHEMA` and `_row`; the API keys (ollabridge/keys.py) live in the same
+    file as the paired nodes, each store with its own connection (WAL lets them share it).
+    """
+
+    SCHEMA = ""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
@@ -47,22 +57,40 @@ class NodeStore:
         self._db.row_factory = sqlite3.Row
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(SCHEMA)
+            self._db.executescript(self.SCHEMA)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
+    def _row(self, row: sqlite3.Row) -> dict[str, Any]:
+        return dict(row)
+
     def _one(self, sql: str, args: tuple = ()) -> dict[str, Any] | None:
         with self._lock:
             row = self._db.execute(sql, args).fetchone()
-        return _row(row) if row else None
+        return self._row(row) if row else None
+
+    def _all(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [self._row(r) for r in rows]
+
+    def _exec(self, sql: str, args: tuple = ()) -> int:
+        """Run one statement; returns the number of rows it changed."""
+        with self._lock:
+            return self._db.execute(sql, args).rowcount
+
+
+class NodeStore(SQLiteStore):
+    SCHEMA = SCHEMA
+
+    def _row(self, row: sqlite3.Row) -> dict[str, Any]:
+        return _row(row)
 
     def add(self, node_id: str, name: str, token: str, approved_from: str = "") -> None:
-        with self._lock:
-            self._db.execute("INSERT INTO nodes (node_id, name, token_hash, created, approved_from) "
-                             "VALUES (?, ?, ?, ?, ?)", (node_id, name, hash_token(token), time.time(),
-                                                         approved_from))
+        self._exec("INSERT INTO nodes (node_id, name, token_hash, created, approved_from) "
+                   "VALUES (?, ?, ?, ?, ?)", (node_id, name, hash_token(token), time.time(), approved_from))
 
     def by_token(self, token: str) -> dict[str, Any] | None:
         """The node (revoked ones too, with `revoked` set) whose token this is, or None."""
@@ -72,10 +100,8 @@ class NodeStore:
         return self._one("SELECT * FROM nodes WHERE node_id = ?", (node_id,))
 
     def list(self, include_revoked: bool = False) -> list[dict[str, Any]]:
-        sql = "SELECT * FROM nodes" + ("" if include_revoked else " WHERE revoked IS NULL") + " ORDER BY created"
-        with self._lock:
-            rows = self._db.execute(sql).fetchall()
-        return [_row(r) for r in rows]
+        return self._all("SELECT * FROM nodes" + ("" if include_revoked else " WHERE revoked IS NULL")
+                         + " ORDER BY created")
 
     def seen(self, node_id: str, *, agent: str | None = None, models: list | None = None,
              capabilities: dict | None = None) -> None:
@@ -84,14 +110,11 @@ class NodeStore:
             if value is not None:
                 sets.append(f"{column} = ?")
                 args.append(value if isinstance(value, str) else json.dumps(value))
-        with self._lock:
-            self._db.execute(f"UPDATE nodes SET {', '.join(sets)} WHERE node_id = ?", (*args, node_id))
+        self._exec(f"UPDATE nodes SET {', '.join(sets)} WHERE node_id = ?", (*args, node_id))
 
     def revoke(self, node_id: str) -> bool:
-        with self._lock:
-            cur = self._db.execute("UPDATE nodes SET revoked = ? WHERE node_id = ? AND revoked IS NULL",
-                                   (time.time(), node_id))
-        return cur.rowcount > 0
+        return self._exec("UPDATE nodes SET revoked = ? WHERE node_id = ? AND revoked IS NULL",
+                          (time.time(), node_id)) > 0
 
 
 def _row(row: sqlite3.Row) -> dict[str, Any]:

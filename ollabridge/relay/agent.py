@@ -179,6 +179,7 @@ class NodeAgent:
         self._window: int | None = None
         self._max_frame = p.DEFAULT_MAX_FRAME
         self._models_sig: list[tuple[str, str]] = []
+        self._goaway = False
 
     # -- life ------------------------------------------------------------------------------------
     async def run(self) -> int:
@@ -206,6 +207,9 @@ class NodeAgent:
                                "update ollabridge on this machine.", EXIT_UNSUPPORTED)
                 if welcomed:
                     attempt = 0
+                if self._goaway or code == p.CLOSE_RESTARTING:
+                    attempt = 0  # a planned restart: come back soon (the new instance answers in seconds)
+                self._goaway = False
                 delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** attempt)
                 delay = random.uniform(delay / 2, delay)
                 attempt += 1
@@ -350,6 +354,11 @@ class NodeAgent:
                         active[1].give(frame["n"])
                 elif kind == "ping":
                     self._send({"type": "pong", "t": frame.get("t")})
+                elif kind == "goaway":
+                    # The gateway is shutting down: it finishes what is in flight, then closes (1012).
+                    self._goaway = True
+                    say(f"{self.cloud} is shutting down; finishing {len(self._active)} request(s), "
+                        "then reconnecting")
 
         async def writer() -> None:
             while True:
@@ -466,7 +475,7 @@ class NodeAgent:
             return []
 
     def _capabilities(self) -> dict[str, Any]:
-        return {"gpu": self.gpu, "vram_mb": self.vram_mb, "slots": self.slots, "ops": list(p.OPS)}
+        return {"gpu": self.gpu, "vram_mb": self.vram_mb, "slots": self.slots, "ops": list(p.OPS), "goaway": True}
 
     async def _detect_gpu(self) -> None:
         if not shutil.which("nvidia-smi"):

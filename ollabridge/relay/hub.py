@@ -321,9 +321,16 @@ class RelayHub:
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
 
-    async def stop(self) -> None:
+    def goaway(self, drain_s: float) -> None:
+        """Tell nodes the gateway is shutting down: no new requests come on this socket, the ones
+        in flight may finish within `drain_s`, then the socket closes (1012) and they reconnect."""
         for node in list(self.nodes.values()):
-            node.close_soon(p.CLOSE_GOING_AWAY, "gateway shutting down")
+            if node.hello.goaway:
+                node.send({"type": "goaway", "reason": "gateway shutting down", "drain_s": drain_s})
+
+    async def stop(self, code: int = p.CLOSE_GOING_AWAY, reason: str = "gateway shutting down") -> None:
+        for node in list(self.nodes.values()):
+            node.close_soon(code, reason)
         await asyncio.gather(*(asyncio.wait_for(n.closed.wait(), 3) for n in list(self.nodes.values())),
                              return_exceptions=True)
 

@@ -15,6 +15,7 @@ PROTOCOL = 1
 # Close codes (4000-4999 are the application's own).
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
+CLOSE_RESTARTING = 1012
 CLOSE_TOO_BIG = 1009
 CLOSE_PROTOCOL_ERROR = 4400
 CLOSE_BAD_TOKEN = 4401
@@ -39,7 +40,7 @@ CLOSE_REASONS = {
 
 OPS = ("chat", "embed", "embeddings", "show")
 NODE_TYPES = ("hello", "ping", "pong", "res", "models")
-CLOUD_TYPES = ("welcome", "ping", "pong", "req", "cancel", "credit")
+CLOUD_TYPES = ("welcome", "ping", "pong", "req", "cancel", "credit", "goaway")
 
 DEFAULT_MAX_FRAME = 8 * 1024 * 1024  # bytes of one text frame
 DEFAULT_WINDOW = 64  # res frames a node may send for one request before it needs credit
@@ -106,10 +107,13 @@ class Hello:
     gpu: str | None = None
     vram_mb: int | None = None
     ops: list[str] = field(default_factory=lambda: list(OPS))
+    goaway: bool = False  # the node understands the `goaway` frame
+
 
     @property
     def capabilities(self) -> dict[str, Any]:
-        return {"gpu": self.gpu, "vram_mb": self.vram_mb, "slots": self.slots, "ops": self.ops}
+        return {"gpu": self.gpu, "vram_mb": self.vram_mb, "slots": self.slots, "ops": self.ops,
+                "goaway": self.goaway}
 
 
 def check_hello(frame: dict[str, Any]) -> Hello:
@@ -136,7 +140,7 @@ def check_hello(frame: dict[str, Any]) -> Hello:
     return Hello(name=name[:64], agent=agent[:100], models=_models(frame.get("models", [])), slots=slots,
                  gpu=str(gpu)[:100] if gpu else None,
                  vram_mb=int(vram) if isinstance(vram, (int, float)) and not isinstance(vram, bool) else None,
-                 ops=[o for o in ops if o in OPS])
+                 ops=[o for o in ops if o in OPS], goaway=caps.get("goaway") is True)
 
 
 def check_node_frame(frame: dict[str, Any]) -> dict[str, Any]:

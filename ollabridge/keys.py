@@ -1,0 +1,170 @@
+"""API keys for the public API: `OLLABRIDGE_API_KEYS` plus keys the owner mints and revokes.
+
+Minted keys (`obk_` + 256 random bits) are shown once and stored only as SHA-256 hashes in the
+data dir's SQLite file (the pairing store's `ollabridge.db`, through the same `SQLiteStore`).
+Every key lives in memory too, by hash, so checking one costs a hash and a dict lookup. With no
+key configured and none minted the API is open. The admin token is never an API key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from ollabridge.errors import GatewayError
+from ollabridge.pairing.store import SQLiteStore, hash_token
+
+log = logging.getLogger("ollabridge.keys")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id    TEXT PRIMARY KEY,
+    name      TEXT NOT NULL,
+    key_hash  TEXT NOT NULL UNIQUE,
+    prefix    TEXT NOT NULL,
+    created   REAL NOT NULL,
+    revoked   REAL,
+    rpm       INTEGER,
+    streams   INTEGER
+);
+"""
+
+
+class KeyNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "key_not_found"
+
+
+@dataclass(frozen=True)
+class Key:
+    """Who a request is: `id` names it in logs and metrics (never the secret)."""
+
+    id: str
+    name: str
+    source: str  # "env" or "minted"
+    rpm: int | None = None  # None: the gateway's OLLABRIDGE_KEY_RATE_LIMIT_RPM
+    streams: int | None = None
+
+
+class KeyStore(SQLiteStore):
+    SCHEMA = SCHEMA
+
+    def add(self, key_id: str, name: str, secret: str, rpm: int | None, streams: int | None) -> dict[str, Any]:
+        now = time.time()
+        self._exec("INSERT INTO api_keys (key_id, name, key_hash, prefix, created, rpm, streams) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?)", (key_id, name, hash_token(secret), secret[:8], now, rpm, streams))
+        return self.get(key_id) or {}
+
+    def get(self, key_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM api_keys WHERE key_id = ?", (key_id,))
+
+    def live(self) -> list[dict[str, Any]]:
+        return self._all("SELECT * FROM api_keys WHERE revoked IS NULL ORDER BY created")
+
+    def revoke(self, key_id: str) -> bool:
+        return self._exec("UPDATE api_keys SET revoked = ? WHERE key_id = ? AND revoked IS NULL",
+                          (time.time(), key_id)) > 0
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds") if ts else None
+
+
+class ApiKeys:
+    """The keys the API accepts. `check(secret)` is the per-request call (no I/O)."""
+
+    def __init__(self, data_dir: str | Path, env_keys: list[str], is_admin: Callable[[str], bool]) -> None:
+        self.data_dir = Path(data_dir)
+        self._is_admin = is_admin
+        self._env: dict[str, Key] = {}
+        for secret in env_keys:
+            digest = hash_token(secret)
+            self._env[digest] = Key(id=f"env-{digest[:8]}", name=f"OLLABRIDGE_API_KEYS #{len(self._env) + 1}",
+                                    source="env")
+        self._minted: dict[str, Key] = {}
+        self._store: KeyStore | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        with self._lock:
+            if self._store is None:
+                self._store = KeyStore(self.data_dir / "ollabridge.db")
+        self._load()
+        if self.enabled:
+            log.info("API keys required on /v1, /ollama/v1 and /ollama/api (%d from OLLABRIDGE_API_KEYS, %d minted)",
+                     len(self._env), len(self._minted))
+
+    def drop_admin_token(self, admin_token: str) -> None:
+        """The admin token listed in OLLABRIDGE_API_KEYS is refused as a key (and said so)."""
+        if admin_token and self._env.pop(hash_token(admin_token), None) is not None:
+            log.warning("OLLABRIDGE_API_KEYS lists the admin token; it is ignored (it never works as an API key)")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    @property
+    def store(self) -> KeyStore:
+        if self._store is None:
+            self.open()
+        assert self._store is not None
+        return self._store
+
+    def _load(self) -> None:
+        self._minted = {row["key_hash"]: Key(id=row["key_id"], name=row["name"], source="minted", rpm=row["rpm"],
+                                             streams=row["streams"])
+                        for row in self.store.live()}
+
+    # -- the per-request check ---------------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        return bool(self._env or self._minted)
+
+    def check(self, secret: str) -> Key | None:
+        """The key this secret is, or None (also for the admin token, which is never a key)."""
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        key = self._minted.get(digest) or self._env.get(digest)
+        if key is None or self._is_admin(secret):
+            return None
+        return key
+
+    # -- the owner's side (admin token checked by the route) ---------------------------------
+    def mint(self, name: str, rpm: int | None = None, streams: int | None = None) -> dict[str, Any]:
+        secret = "obk_" + secrets.token_urlsafe(32)
+        key_id = "key_" + secrets.token_hex(6)
+        row = self.store.add(key_id, name, secret, rpm, streams)
+        self._load()
+        log.info("API key %s (%r) minted", key_id, name)
+        return {**self._describe(row), "key": secret}
+
+    def list(self) -> list[dict[str, Any]]:
+        env = [{"id": k.id, "name": k.name, "source": "env", "prefix": None, "created": None, "rpm": None,
+                "streams": None} for k in self._env.values()]
+        return env + [self._describe(row) for row in self.store.live()]
+
+    def revoke(self, key_id: str) -> dict[str, Any]:
+        row = self.store.get(key_id)
+        if row is None or row.get("revoked"):
+            if any(k.id == key_id for k in self._env.values()):
+                raise GatewayError(f"'{key_id}' comes from OLLABRIDGE_API_KEYS; remove it there.", status=409,
+                                   code="key_from_environment")
+            raise KeyNotFound(f"No live API key has the id '{key_id}'.")
+        self.store.revoke(key_id)
+        self._load()
+        log.info("API key %s (%r) revoked", key_id, row["name"])
+        return {"id": key_id, "name": row["name"], "revoked": True, "api_open": not self.enabled}
+
+    @staticmethod
+    def _describe(row: dict[str, Any]) -> dict[str, Any]:
+        return {"id": row["key_id"], "name": row["name"], "source": "minted", "prefix": row["prefix"],
+                "created": _iso(row["created"]), "rpm": row["rpm"], "streams": row["streams"]}
