@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import gateway_env

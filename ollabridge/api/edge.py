@@ -26,20 +26,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ollabridge.api.errors import render
 from ollabridge.api.openai_convert import error_body
+from ollabridge.jsonwire import dumps as _json_bytes
 
 access_log = logging.getLogger("ollabridge.access")
 
-try:  # orjson ships with gradio: the log line's JSON in a microsecond
-    import orjson
 
-    def _dumps(obj: Any) -> str:
-        try:
-            return orjson.dumps(obj, default=str).decode()
-        except TypeError:
-            return json.dumps(obj, ensure_ascii=False, default=str)
-except ImportError:  # pragma: no cover
-    def _dumps(obj: Any) -> str:
-        return json.dumps(obj, ensure_ascii=False, default=str)
+def _dumps(obj: Any) -> str:
+    return _json_bytes(obj).decode()
+
 
 API_PREFIXES = ("/v1/", "/ollama/v1/", "/ollama/api/")
 # Requests that hold a backend while they run: these count against the in-flight limit.

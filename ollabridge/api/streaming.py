@@ -6,29 +6,17 @@ status) and end a failed stream with an error event the client can read, never a
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, AsyncIterator, Callable
 
 from ollabridge.api.openai_convert import StreamTranslator, error_body
 from ollabridge.errors import GatewayError
+from ollabridge.jsonwire import dumps
 
 log = logging.getLogger("ollabridge")
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 DONE = b"data: [DONE]\n\n"
-
-try:  # orjson ships with gradio: same compact UTF-8 output, several times faster
-    import orjson
-
-    def _bytes(obj: Any) -> bytes:
-        try:
-            return orjson.dumps(obj)
-        except TypeError:  # what orjson refuses (ints over 64 bits, non-str keys): stdlib
-            return _encode(obj).encode()
-except ImportError:  # pragma: no cover
-    def _bytes(obj: Any) -> bytes:
-        return _encode(obj).encode()
+_bytes = dumps
 
 
 def _sse(obj: dict[str, Any]) -> bytes:

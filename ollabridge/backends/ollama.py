@@ -11,28 +11,13 @@ import httpx
 
 from ollabridge.backends.base import Backend, BackendHealth
 from ollabridge.errors import BackendError
+from ollabridge.jsonwire import dumps as _dumps, loads as _loads
 
 _OPS = {"embed": "/api/embed", "embeddings": "/api/embeddings", "show": "/api/show"}
 _JSON_HEADERS = {"Content-Type": "application/json"}
 # How long to wait, after the `done` object, for the end of the HTTP body (a real server sends it
 # right after) so that the connection goes back to the pool instead of being closed.
 _DRAIN_TIMEOUT = 1.0
-
-try:  # orjson ships with gradio; parse and encode several times faster than json
-    import orjson
-
-    _loads = orjson.loads
-
-    def _dumps(obj: Any) -> bytes:
-        try:
-            return orjson.dumps(obj)
-        except TypeError:  # what orjson refuses (ints over 64 bits, non-str keys): stdlib
-            return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-except ImportError:  # pragma: no cover
-    _loads = json.loads
-
-    def _dumps(obj: Any) -> bytes:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 async def _drain(pieces: AsyncIterator[bytes]) -> None:

@@ -110,7 +110,11 @@ class Runner:
                  embed_ctx: int = 512):
         self.model = model
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or max(1, os.cpu_count() or 1)
+        # Decoding leaves one core to the server that streams each token out (on 2 cores, 1 llama thread
+        # decodes faster than 2 that fight the event loop: bench figure 6); prompts use every core.
+        cores = os.cpu_count() or 1
+        self.n_threads = n_threads or max(1, cores - 1)
+        self.n_threads_batch = n_threads or cores
         self.embed_ctx = embed_ctx
         self.default_num_predict = BUILTIN_NUM_PREDICT if model.builtin else FILL_CONTEXT
         self.llm: Any = None
@@ -133,7 +137,7 @@ class Runner:
 
         started = time.perf_counter()
         self.llm = Llama(model_path=str(self.model.path), n_ctx=self.n_ctx, n_threads=self.n_threads,
-                         n_threads_batch=self.n_threads, n_batch=512, verbose=False)
+                         n_threads_batch=self.n_threads_batch, n_batch=512, verbose=False)
         self.style = chat_style(self.llm.metadata, self.model.builtin)
         if self.style == "jinja":
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -315,8 +319,8 @@ class Runner:
             started = time.perf_counter()
             self._embedder = llama_cpp.Llama(
                 model_path=str(self.model.path), embedding=True, n_ctx=self.embed_ctx,
-                n_batch=self.embed_ctx, n_ubatch=self.embed_ctx, n_threads=self.n_threads,
-                n_threads_batch=self.n_threads, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                n_batch=self.embed_ctx, n_ubatch=self.embed_ctx, n_threads=self.n_threads_batch,
+                n_threads_batch=self.n_threads_batch, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
                 verbose=False)
             log.info("embedding instance of %s loaded in %.2fs", self.model.name, time.perf_counter() - started)
         if not truncate:
