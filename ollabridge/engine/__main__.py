@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=None, help="where the bundled model is assembled")
     parser.add_argument("--ctx", type=int, default=4096, help="context length (tokens)")
     parser.add_argument("--embed-ctx", type=int, default=512, help="max tokens per embedding input")
-    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores for prompts, one fewer for decoding)")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     parser.add_argument("--log-level", default=os.environ.get("OLLABRIDGE_LOG_LEVEL", "info"))
     args = parser.parse_args(argv)
 
