@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 class GatewayError(Exception):
     """An error with an HTTP status, an OpenAI error type and code."""
@@ -69,3 +71,15 @@ class NoBackend(GatewayError):
     status = 503
     type = "api_error"
     code = "service_unavailable"
+
+
+def error_text(raw: bytes | str, status: int) -> str:
+    """The message of an Ollama error body (`{"error": ...}`), or the body's text itself."""
+    try:
+        data = json.loads(raw)
+        if isinstance(data, dict) and data.get("error"):
+            return str(data["error"])
+    except ValueError:
+        pass
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    return text.strip()[:500] or f"HTTP {status}"

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from ollabridge.backends.ollama import error_text
+from ollabridge.errors import error_text
 
 log = logging.getLogger("ollabridge.pulls")
 

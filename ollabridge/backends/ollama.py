@@ -4,13 +4,12 @@ extra upstream from OLLABRIDGE_UPSTREAMS."""
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any, AsyncIterator
 
 import httpx
 
 from ollabridge.backends.base import Backend, BackendHealth
-from ollabridge.errors import BackendError
+from ollabridge.errors import BackendError, error_text
 from ollabridge.jsonwire import dumps as _dumps, loads as _loads
 
 _OPS = {"embed": "/api/embed", "embeddings": "/api/embeddings", "show": "/api/show"}
@@ -28,18 +27,6 @@ async def _drain(pieces: AsyncIterator[bytes]) -> None:
                 pass
     except (TimeoutError, httpx.HTTPError):
         pass  # the connection is closed instead; nothing the caller needs to know
-
-
-def error_text(raw: bytes | str, status: int) -> str:
-    """The message of an Ollama error body (`{"error": ...}`), or the body's text itself."""
-    try:
-        data = json.loads(raw)
-        if isinstance(data, dict) and data.get("error"):
-            return str(data["error"])
-    except ValueError:
-        pass
-    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-    return text.strip()[:500] or f"HTTP {status}"
 
 
 class OllamaBackend(Backend):

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from ollabridge import __version__
-from ollabridge.backends.ollama import error_text
+from ollabridge.errors import error_text
 from ollabridge.relay import protocol as p
 
 log = logging.getLogger("ollabridge.node")
