@@ -25,7 +25,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from typing import Any
 
 import httpx
 import psutil
+from run import free_port, log  # bench/run.py: the harness's own process helpers
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -44,16 +44,6 @@ PY = sys.executable
 ADMIN = "soak-admin-token"
 BEGIN, END = "<!-- soak:begin (written by bench/soak.py) -->", "<!-- soak:end -->"
 KINDS = ("sse", "whole", "ndjson", "native_whole")
-
-
-def log(*parts: Any) -> None:
-    print(*parts, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start(args: list[str], logfile: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
