@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from contextlib import asynccontextmanager
 
@@ -60,6 +61,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def settle_heap() -> None:
+    """Take everything built at start-up (FastAPI, pydantic, Gradio) out of the cyclic GC's view.
+
+    A full collection walks every tracked object; with ~200k of them from start-up it paused the
+    event loop ~150 ms at a time while 1,000 streams were open (bench figure 4: p99 added gap
+    ~100 ms before, ~10 ms after). Fewer, larger young collections cut the collector's time again.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(_GC_YOUNG, 20, 10)
+
+
+_GC_YOUNG = 20_000  # allocations between young collections (CPython's default: 700)
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per backend call drowns the log
@@ -74,6 +90,10 @@ class GracefulServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
         super().__init__(config)
         self.gateway = gateway
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)  # the app's lifespan has run: the start-up heap is built
+        settle_heap()
 
     async def shutdown(self, sockets=None) -> None:
         for server in self.servers:
