@@ -796,7 +796,7 @@ def main() -> int:
                         help="llama.cpp threads for figure 6, engine and bare alike (default: the engine's own "
                              "default, every core)")
     parser.add_argument("--gateway-app", default="app.py",
-                        help="the gateway's entry script (experiments: bench/experiments/app_lean.py)")
+                        help="the gateway's entry script (to measure a variant of app.py)")
     parser.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the gateway (experiments, e.g. OLLABRIDGE_LOG_LEVEL=warning)")
     parser.add_argument("--render", type=Path, default=None, metavar="JSON",
