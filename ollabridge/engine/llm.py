@@ -1,15 +1,20 @@
 """llama.cpp behind an asyncio front: one generation at a time, in a worker thread, cancellable.
 
 A llama.cpp context is not thread-safe, so generations take `_gen_lock` (FIFO: requests wait their
-turn) and run on a dedicated one-thread pool. Text pieces reach the event loop through `Job`: an
-asyncio.Queue fed with `call_soon_threadsafe` and bounded by a semaphore the consumer releases.
-`Job.cancel()` (client gone) is seen by the worker before the next token, so the engine is free
-again within a token. The lock is released when the worker actually returns, never earlier.
+turn) and run on a dedicated one-thread pool, which also loads the model and runs its warm-up
+decode. One thread for all of the model's decoding matters: llama-cpp-python's ggml uses OpenMP,
+each thread that decodes keeps its own team of OpenMP workers, and once a process holds more of
+those than cores, libgomp sleeps at ggml's per-op barriers instead of spinning (~64 futex waits a
+token, ~20% of 2-core decode speed; bench figure 6). Text pieces reach the event loop through
+`Job`: an asyncio.Queue fed with `call_soon_threadsafe` and bounded by a semaphore the consumer
+releases. `Job.cancel()` (client gone) is seen by the worker before the next token, so the engine
+is free again within a token. The lock is released when the worker actually returns, never earlier.
 
 Embeddings use a second Llama (embedding=True, mean pooling) created on the first embed request,
-with its own lock and thread. Its context is 512 tokens: llama.cpp computes full-vocabulary logits
-for every input token even in embedding mode (262k x n_tokens floats for Gemma), so longer inputs
-cost ~1 GB per 512 tokens; inputs are truncated to 512 tokens (or refused when truncate=false).
+with its own lock; each call runs on a fresh thread that then exits, freeing its OpenMP team. Its
+context is 512 tokens: llama.cpp computes full-vocabulary logits for every input token even in
+embedding mode (262k x n_tokens floats for Gemma), so longer inputs cost ~1 GB per 512 tokens;
+inputs are truncated to 512 tokens (or refused when truncate=false).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any, AsyncIterator
 
 from .grammar import constrained
 from .model import ModelFile
+from .penalties import penalized
 from .prompts import CHATML_STOP, GEMMA_STOP, GO_TEMPLATES, RenderedPrompt, chat_style, render_chat
 from .sampling import FILL_CONTEXT, Sampling, TextStream
 
@@ -110,7 +116,7 @@ class Runner:
                  embed_ctx: int = 512):
         self.model = model
         self.n_ctx = n_ctx
-        # Every core, for prompts and decoding alike: on 2 cores, 2 llama threads decode ~58 tok/s and
+        # Every core, for prompts and decoding alike: on 2 cores, 2 llama threads stream ~68 tok/s and
         # 1 thread ~52 even though the server's own per-token work then competes (bench figure 6).
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
         self.n_threads_batch = self.n_threads
@@ -123,7 +129,6 @@ class Runner:
         self.load_seconds = 0.0
         self.loaded_at = time.time()
         self._gen_pool = ThreadPoolExecutor(1, thread_name_prefix="llama-gen")
-        self._embed_pool = ThreadPoolExecutor(1, thread_name_prefix="llama-embed")
         self._gen_lock = asyncio.Lock()
         self._embed_lock = asyncio.Lock()
         self._jobs: set[Job] = set()
@@ -131,7 +136,10 @@ class Runner:
     # --- loading -----------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Load the GGUF (blocking) and warm it up with a one-token generation."""
+        """Load the GGUF (blocking) and warm it up with a one-token generation, on the decode thread."""
+        self._gen_pool.submit(self._load_sync).result()
+
+    def _load_sync(self) -> None:
         from llama_cpp import Llama
 
         started = time.perf_counter()
@@ -254,7 +262,8 @@ class Runner:
         stats.done_reason = "length"
         if job.cancelled.is_set() or limit <= 0:
             return stats
-        with constrained(llm, grammar) if grammar else nullcontext():
+        with constrained(llm, grammar) if grammar else nullcontext(), \
+                penalized(llm, llm.last_n_tokens_size, s.repeat_penalty, s.frequency_penalty, s.presence_penalty):
             first = self._sample_loop(job, llm, prompt, s, limit, text, completion, stats)
         tail = text.flush()
         if tail and stats.done_reason != "cancel":
@@ -278,8 +287,7 @@ class Runner:
         first = 0
         tokens = llm.generate(
             prompt.tokens, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p, typical_p=s.typical_p,
-            temp=s.temperature, repeat_penalty=s.repeat_penalty, frequency_penalty=s.frequency_penalty,
-            presence_penalty=s.presence_penalty)
+            temp=s.temperature, repeat_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0)  # penalized()
         try:
             for token in tokens:
                 first = first or time.perf_counter_ns()
@@ -309,7 +317,12 @@ class Runner:
         """Mean-pooled, unnormalized embeddings for `texts` and the number of tokens read."""
         loop = asyncio.get_running_loop()
         async with self._embed_lock:
-            return await loop.run_in_executor(self._embed_pool, self._embed_sync, texts, truncate)
+            # A short-lived thread: a lasting one would keep a second OpenMP team (see module doc).
+            pool = ThreadPoolExecutor(1, thread_name_prefix="llama-embed")
+            try:
+                return await loop.run_in_executor(pool, self._embed_sync, texts, truncate)
+            finally:
+                pool.shutdown(wait=False)
 
     def _embed_sync(self, texts: list[str], truncate: bool) -> tuple[list[list[float]], int]:
         if self._embedder is None:
@@ -336,4 +349,3 @@ class Runner:
         for job in list(self._jobs):
             job.cancel()
         self._gen_pool.shutdown(wait=False, cancel_futures=True)
-        self._embed_pool.shutdown(wait=False, cancel_futures=True)
