@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ollabridge.backends.http1 import Http1Pool, ProtocolError
-from ollabridge.backends.ollama import OllamaBackend, _direct_http
+from ollabridge.http1 import Http1Pool, ProtocolError, direct_http
+from ollabridge.backends.ollama import OllamaBackend
 from ollabridge.errors import BackendError
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -227,13 +227,37 @@ async def test_silence_and_refusal_are_504_and_502():
 async def test_pool_refuses_https_and_proxied_urls_fall_back_to_httpx(monkeypatch):
     with pytest.raises(ValueError):
         Http1Pool("https://example.org")
-    assert _direct_http("http://127.0.0.1:11434")
-    assert not _direct_http("https://example.org")
+    assert direct_http("http://127.0.0.1:11434")
+    assert not direct_http("https://example.org")
     monkeypatch.setenv("HTTP_PROXY", "http://proxy:3128")
     monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
-    assert not _direct_http("http://ollama.example:11434")
-    assert _direct_http("http://127.0.0.1:11434")
+    assert not direct_http("http://ollama.example:11434")
+    assert direct_http("http://127.0.0.1:11434")
 
 
 def test_protocol_error_is_a_connection_error():
     assert issubclass(ProtocolError, ConnectionError)
+
+
+async def test_the_httpx_path_gives_the_same_objects_and_errors():
+    """https and proxied upstreams go through httpx: same chunks, same error mapping."""
+    async with Server(keep_alive_server(chunked(LINES), splits=[7, 60, 61])) as url:
+        lean, viahttpx = OllamaBackend("up", url), OllamaBackend("up", url)
+        viahttpx._pool = None
+        assert await collect(viahttpx) == await collect(lean)
+        await lean.close()
+        await viahttpx.close()
+
+    async def silent(reader, writer):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked([LINES[0]])[:-5])
+        await writer.drain()
+        await reader.read(1)
+
+    async with Server(silent) as url:
+        backend = OllamaBackend("up", url, idle_timeout=0.2)
+        backend._pool = None
+        with pytest.raises(BackendError, match="sent nothing for 0.2s") as info:
+            await collect(backend)
+        assert info.value.status == 504
+        await backend.close()

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from ollabridge import __version__
+from ollabridge import __version__, http1
 from ollabridge.errors import error_text
 from ollabridge.relay import protocol as p
 
@@ -34,6 +34,7 @@ log = logging.getLogger("ollabridge.node")
 
 AGENT = f"ollabridge-node/{__version__}"
 OLLAMA_PATHS = {"embed": "/api/embed", "embeddings": "/api/embeddings", "show": "/api/show"}
+_FOREVER = 86400.0  # the local Ollama may think as long as it likes; the gateway has the timeouts
 BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
 
 EXIT_REVOKED = 3
@@ -172,6 +173,9 @@ class NodeAgent:
         self.models_interval = models_interval
         self.http = httpx.AsyncClient(base_url=self.ollama, timeout=httpx.Timeout(10.0, read=None),
                                       limits=httpx.Limits(max_connections=None))
+        # Chat streams on the lean keep-alive pool when the local Ollama is plain http (the usual).
+        self.pool = (http1.Http1Pool(self.ollama, connect_timeout=10.0, user_agent=AGENT)
+                     if http1.direct_http(self.ollama) else None)
         self.gpu: str | None = None
         self.vram_mb: int | None = None
         self._active: dict[str, tuple[asyncio.Task, _Credit]] = {}
@@ -221,6 +225,8 @@ class NodeAgent:
             say(str(stop))
             return stop.code
         finally:
+            if self.pool is not None:
+                self.pool.close()
             await self.http.aclose()
 
     # -- pairing ---------------------------------------------------------------------------------
@@ -422,7 +428,7 @@ class NodeAgent:
                     self._res(rid, response.json(), True)
         except asyncio.CancelledError:
             log.info("request %s cancelled by the gateway", rid)
-        except httpx.HTTPError as exc:
+        except http1.READ_ERRORS as exc:
             self._error(rid, 502, f"the node's Ollama at {self.ollama} failed: {exc!r}")
         except Exception as exc:  # noqa: BLE001 - one request never takes the agent down
             log.exception("request %s failed", rid)
@@ -431,20 +437,22 @@ class NodeAgent:
             self._active.pop(rid, None)
 
     async def _chat(self, rid: str, body: dict[str, Any], credit: _Credit) -> None:
-        async with self.http.stream("POST", "/api/chat", json=body) as response:
-            if response.status_code >= 400:
-                raw = await response.aread()
-                self._error(rid, response.status_code, error_text(raw, response.status_code))
+        reply = await http1.post_stream(self.pool, self.http, "/api/chat", json.dumps(body).encode(), _FOREVER)
+        try:
+            if reply.status >= 400:
+                raw = await reply.read_all(30.0)
+                self._error(rid, reply.status, error_text(raw, reply.status))
                 return
-            async for line in response.aiter_lines():
-                if not line.strip():
-                    continue
+            async for line in http1.Lines(reply, _FOREVER, _FOREVER):
                 data = json.loads(line)
                 done = bool(data.get("done")) or "error" in data
                 await credit.take()
                 self._res(rid, data, done)
                 if done:
+                    await http1.drain(reply)
                     return
+        finally:
+            await http1.close(reply)
         self._error(rid, 502, "the node's Ollama ended the stream before it was done")
 
     def _res(self, rid: str, data: dict[str, Any], done: bool) -> None:

@@ -1,4 +1,5 @@
-"""A pooled HTTP/1.1 client for one plain-http upstream: the `/api/chat` hot path.
+"""A pooled HTTP/1.1 client for one plain-http Ollama: the `/api/chat` hot path of the gateway
+and of the node agent (stdlib and httpx only, so the agent can import it).
 
 httpx serves everything else (https, proxies, the occasional JSON call). On the chat path it cost
 more CPU than the rest of the gateway together (docs/benchmarks.md): its pool rescans every
@@ -12,10 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from collections import deque
 from urllib.parse import urlsplit
 
-__all__ = ["Http1Pool", "Http1Response", "ProtocolError"]
+import httpx
+
+__all__ = ["Http1Pool", "Http1Response", "HttpxReply", "Lines", "ProtocolError", "direct_http",
+           "post_stream"]
 
 _HIGH_WATER = 1 << 20  # stop reading the socket past this much undecoded body
 _MAX_HEAD = 64 * 1024
@@ -308,3 +313,100 @@ class Http1Pool:
         if 100 <= status < 200:
             raise ProtocolError(f"unexpected informational status {status}")
         return Http1Response(self, conn, status, headers, keep_alive)
+
+
+# -- one interface over both clients ------------------------------------------------------------
+
+def direct_http(url: str) -> bool:
+    """True when `url` is plain http and no proxy from the environment applies (httpx would use it)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return False
+    proxies = urllib.request.getproxies_environment()
+    if not (proxies.get("http") or proxies.get("all")):
+        return True
+    return bool(urllib.request.proxy_bypass_environment(parts.hostname or "", proxies))
+
+
+class HttpxReply:
+    """An httpx streaming response behind the calls of `Http1Response`."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.status = response.status_code
+        self._response = response
+        self._pieces = response.aiter_bytes()
+        self.finished = False
+
+    async def read(self, timeout: float) -> bytes:
+        async with asyncio.timeout(timeout):
+            piece = await anext(self._pieces, b"")
+        self.finished = not piece
+        return piece
+
+    async def read_all(self, timeout: float) -> bytes:
+        async with asyncio.timeout(timeout):
+            return await self._response.aread()
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+Reply = Http1Response | HttpxReply
+READ_ERRORS = (OSError, httpx.HTTPError)  # what reading a reply raises, besides TimeoutError
+
+
+async def post_stream(pool: Http1Pool | None, client: httpx.AsyncClient, path: str, payload: bytes,
+                      timeout: float) -> Reply:
+    """POST JSON `payload` and wait up to `timeout` s for the reply's head: on `pool` when given."""
+    if pool is not None:
+        return await pool.request("POST", path, payload, timeout=timeout)
+    request = client.build_request("POST", path, content=payload, headers={"Content-Type": "application/json"})
+    async with asyncio.timeout(timeout):
+        return HttpxReply(await client.send(request, stream=True))
+
+
+async def close(reply: Reply) -> None:
+    """Give the connection back (body read to its end) or close it."""
+    if isinstance(reply, HttpxReply):
+        await reply.aclose()
+    else:
+        reply.release()
+
+
+class Lines:
+    """The non-empty lines of an NDJSON reply, as an async iterator (a class, not a generator, so
+    stopping early leaves nothing to finalize). One timeout per network read: `first_timeout`
+    until the first line, then `idle_timeout`; `timeout` is the one in force."""
+
+    def __init__(self, reply: Reply, first_timeout: float, idle_timeout: float) -> None:
+        self.reply = reply
+        self.timeout = first_timeout
+        self._idle = idle_timeout
+        self._ready: deque[bytes] = deque()
+        self._pending = b""
+        self._ended = False
+
+    def __aiter__(self) -> Lines:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._ready:
+            if self._ended:
+                raise StopAsyncIteration
+            piece = await self.reply.read(self.timeout)
+            if not piece:
+                self._ended, piece = True, b"\n"  # the last line may lack its newline (stream: false)
+            parts = (self._pending + piece).split(b"\n")
+            self._pending = parts.pop()
+            self._ready.extend(line for line in parts if line.strip())
+        self.timeout = self._idle
+        return self._ready.popleft()
+
+
+async def drain(reply: Reply, timeout: float = 1.0) -> None:
+    """Read a finished reply to its end, so its connection can serve the next request."""
+    try:
+        while not reply.finished and await reply.read(timeout):
+            pass
+    except (TimeoutError, *READ_ERRORS):
+        pass  # the connection is closed instead; nothing the caller needs to know
