@@ -730,7 +730,7 @@ def markdown(res: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(f"| {r['figure']} | {r['metric']} | {r['value']} | {r['target']} | {mark[r['met']]} |")
     lines += ["", "## How it is measured", "",
-              "- **Upstream** (`bench/upstream.py`): a raw-asyncio Ollama API with every reply pre-encoded; "
+              "- **Upstream** (`bench/upstream.py`): a raw-asyncio Ollama API (on uvloop) with every reply pre-encoded; "
               "`fast` = 16 chunks at once, `burst` = 2,000 chunks at once, `rate` = 500 chunks at 500/s, "
               "`drip` = 100 chunks at 20/s. It is the *direct* target: the physical limit.",
               "- **Gateway**: `python app.py` with `OLLABRIDGE_ENGINE=ollama OLLABRIDGE_UI=0`, the per-client rate "
@@ -747,7 +747,7 @@ def markdown(res: dict[str, Any], rows: list[dict[str, Any]]) -> str:
               "- **LiteLLM**: `litellm --config` with `ollama_chat/<model>` and `api_base` = the upstream, one "
               "worker, no database, installed by the harness into `bench/.venv-litellm` "
               "(`bench/requirements-litellm.txt`).",
-              "- **Load generator** (`bench/loadgen.py`): its own process per measurement, a raw-asyncio "
+              "- **Load generator** (`bench/loadgen.py`): its own process per measurement, a raw-asyncio (uvloop) "
               "HTTP/1.1 keep-alive client that timestamps every chunk on arrival.",
               "- Figure 1: sequential non-streaming requests on one connection, added = target − direct per round. "
               "Figure 2: 32 connections in a closed loop. Figure 3: time to first content chunk of `fast`; "
