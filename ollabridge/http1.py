@@ -318,9 +318,10 @@ class Http1Pool:
 # -- one interface over both clients ------------------------------------------------------------
 
 def direct_http(url: str) -> bool:
-    """True when `url` is plain http and no proxy from the environment applies (httpx would use it)."""
+    """True when `url` is plain http without credentials in it and no proxy from the environment
+    applies (httpx would use it): the cases the lean pool serves exactly as httpx would."""
     parts = urlsplit(url)
-    if parts.scheme != "http":
+    if parts.scheme != "http" or "@" in parts.netloc:
         return False
     proxies = urllib.request.getproxies_environment()
     if not (proxies.get("http") or proxies.get("all")):

@@ -229,6 +229,7 @@ async def test_pool_refuses_https_and_proxied_urls_fall_back_to_httpx(monkeypatc
         Http1Pool("https://example.org")
     assert direct_http("http://127.0.0.1:11434")
     assert not direct_http("https://example.org")
+    assert not direct_http("http://user:secret@ollama.example:11434")  # httpx sends the Basic auth
     monkeypatch.setenv("HTTP_PROXY", "http://proxy:3128")
     monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
     assert not direct_http("http://ollama.example:11434")
