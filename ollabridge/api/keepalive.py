@@ -21,7 +21,7 @@ import logging
 from typing import Any, AsyncIterator
 
 from starlette.responses import StreamingResponse
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
 from ollabridge.api.errors import render
 from ollabridge.api.openai_convert import StreamTranslator, error_body
@@ -97,6 +97,33 @@ class KeepAliveSSE(StreamingResponse):
         self._last = asyncio.get_running_loop().time()
 
     # -- the stream ------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Stream, and stop at once (cancelling the upstream) when the client disconnects.
+
+        Starlette does this with an anyio task group per response; one plain task watching
+        `receive()` does the same for less (bench figure 4: ~1,000 streams opened in 2 s).
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        state = {"streaming": True, "gone": False}
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if state["streaming"]:
+                state["gone"] = True
+                task.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            if not state["gone"] or task.uncancel() > 0:
+                raise  # someone else's cancellation (timeout, shutdown): theirs to handle
+        finally:
+            state["streaming"] = False
+            watcher.cancel()
+
     async def stream_response(self, send: Send) -> None:
         self._send = send
         loop = asyncio.get_running_loop()
