@@ -22,7 +22,7 @@ import httpx
 __all__ = ["Http1Pool", "Http1Response", "HttpxReply", "Lines", "ProtocolError", "direct_http",
            "post_stream"]
 
-_HIGH_WATER = 1 << 20  # stop reading the socket past this much undecoded body
+_HIGH_WATER = 64 * 1024  # stop reading the socket past this much unread body: a slow reader holds back the upstream
 _MAX_HEAD = 64 * 1024
 _MAX_LINE = 4096
 

@@ -30,7 +30,7 @@ def env(out_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("relay")
     with ExitStack() as stack:
         cpu = stack.enter_context(fake_ollama(logs, "cpu:latest,shared:latest"))
-        gpu = stack.enter_context(fake_ollama(logs, "gpu-m:latest", "--chunks", "5"))
+        gpu = stack.enter_context(fake_ollama(logs, "gpu-m:latest", "--chunks", "5", "--max-chunks", "2000000"))
         gw = stack.enter_context(gateway(logs, tmp / "data", cpu))
         yield SimpleNamespace(logs=logs, cpu=cpu, gpu=gpu, gw=gw, tmp=tmp)
 
@@ -150,7 +150,7 @@ def test_slow_client_does_not_stall_the_socket(env, main_node) -> None:
     """A client that stops reading holds back only its own stream (flow control), not the node."""
     with httpx.Client(timeout=30) as http:
         with http.stream("POST", f"{env.gw}/ollama/api/chat",
-                         json={"model": "gpu-m", "messages": MSG, "options": {"num_predict": 100000}}) as stalled:
+                         json={"model": "gpu-m", "messages": MSG, "options": {"num_predict": 2000000}}) as stalled:
             assert stalled.status_code == 200  # headers read; the body is left unread
             for _ in range(3):
                 started = time.monotonic()
