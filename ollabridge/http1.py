@@ -266,8 +266,12 @@ class Http1Pool:
 
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self.connect_timeout):
-            _, conn = await loop.create_connection(_Conn, self.host, self.port)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(_Conn, self.host, self.port)
+        except TimeoutError:  # unreachable, not slow: told apart from a late answer (a 502, not a 504)
+            raise ConnectionError(f"no connection to {self.host}:{self.port} within "
+                                  f"{self.connect_timeout:g}s") from None
         return conn
 
     def _take(self) -> _Conn | None:

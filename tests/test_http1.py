@@ -262,3 +262,15 @@ async def test_the_httpx_path_gives_the_same_objects_and_errors():
             await collect(backend)
         assert info.value.status == 504
         await backend.close()
+
+
+async def test_a_connect_timeout_is_unreachable_not_slow(monkeypatch):
+    async def never(*args, **kwargs):
+        await asyncio.Event().wait()
+
+    backend = OllamaBackend("up", "http://127.0.0.1:9", connect_timeout=0.1)
+    monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", never)
+    with pytest.raises(BackendError, match="unreachable.*within 0.1s") as info:
+        await collect(backend)
+    assert info.value.status == 502 and info.value.retryable
+    await backend.close()
