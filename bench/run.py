@@ -766,15 +766,16 @@ def markdown(res: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 BEGIN, END = "<!-- bench:begin (written by bench/run.py) -->", "<!-- bench:end -->"
 
 
-def write_markdown(path: Path, generated: str) -> None:
-    """Replace the generated block of `path`, keeping the hand-written text around it."""
-    block = f"{BEGIN}\n{generated.rstrip()}\n{END}"
+def write_markdown(path: Path, generated: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the block between `begin` and `end` in `path` (appended when absent), keeping the
+    hand-written text around it."""
+    block = f"{begin}\n{generated.rstrip()}\n{end}"
     old = path.read_text() if path.exists() else ""
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
-        text = block + "\n"
+        text = old.rstrip() + ("\n\n" if old.strip() else "") + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 import psutil
-from run import free_port, log  # bench/run.py: the harness's own process helpers
+from run import free_port, log, write_markdown  # bench/run.py: the harness's own helpers
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -341,18 +341,6 @@ def markdown(r: dict[str, Any]) -> str:
     ])
 
 
-def write_markdown(path: Path, text: str) -> None:
-    """Replace this script's own block in `path` (appended when absent), keeping everything else."""
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}"
-    old = path.read_text() if path.exists() else ""
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + block + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip() + ("\n\n" if old.strip() else "") + block + "\n"
-    path.write_text(new)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60)
@@ -372,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.md != "none":
-        write_markdown(Path(args.md), markdown(result))
+        write_markdown(Path(args.md), markdown(result), BEGIN, END)
     print(json.dumps({k: v for k, v in result.items() if k != "gateway_rss_mib"} |
                      {"gateway_rss_mib": {k: v for k, v in result["gateway_rss_mib"].items() if k != "samples"}},
                      indent=2))
