@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ollabridge.errors import GatewayError
-from ollabridge.pairing.store import SQLiteStore, hash_token
+from ollabridge.pairing.store import OpensStore, SQLiteStore, hash_token
 
 log = logging.getLogger("ollabridge.keys")
 
@@ -78,7 +78,7 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds") if ts else None
 
 
-class ApiKeys:
+class ApiKeys(OpensStore[KeyStore]):
     """The keys the API accepts. `check(secret)` is the per-request call (no I/O)."""
 
     def __init__(self, data_dir: str | Path, env_keys: list[str], is_admin: Callable[[str], bool]) -> None:
@@ -106,19 +106,6 @@ class ApiKeys:
         """The admin token listed in OLLABRIDGE_API_KEYS is refused as a key (and said so)."""
         if admin_token and self._env.pop(hash_token(admin_token), None) is not None:
             log.warning("OLLABRIDGE_API_KEYS lists the admin token; it is ignored (it never works as an API key)")
-
-    def close(self) -> None:
-        with self._lock:
-            if self._store is not None:
-                self._store.close()
-                self._store = None
-
-    @property
-    def store(self) -> KeyStore:
-        if self._store is None:
-            self.open()
-        assert self._store is not None
-        return self._store
 
     def _load(self) -> None:
         self._minted = {row["key_hash"]: Key(id=row["key_id"], name=row["name"], source="minted", rpm=row["rpm"],

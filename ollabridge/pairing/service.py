@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ollabridge.errors import GatewayError
-from ollabridge.pairing.store import NodeStore
+from ollabridge.pairing.store import NodeStore, OpensStore
 
 log = logging.getLogger("ollabridge.pairing")
 
@@ -126,7 +126,7 @@ def _short_offers(offers: dict[str, Any]) -> dict[str, Any]:
             "vram_mb": caps.get("vram_mb"), "slots": caps.get("slots"), "agent": offers.get("agent")}
 
 
-class PairingService:
+class PairingService(OpensStore[NodeStore]):
     def __init__(self, data_dir: str | Path, admin_token: str = "", public_url: str = "", *,
                  expires_in: int = 600, interval: float = 5, max_pending: int = 50,
                  starts_per_minute: int = 10) -> None:
@@ -159,19 +159,6 @@ class PairingService:
                 self._store = NodeStore(self.data_dir / "ollabridge.db")
             if self._admin is None:
                 self._admin = self._env_admin or self._file_admin_token()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._store is not None:
-                self._store.close()
-                self._store = None
-
-    @property
-    def store(self) -> NodeStore:
-        if self._store is None:
-            self.open()
-        assert self._store is not None
-        return self._store
 
     def _file_admin_token(self) -> str:
         path = self.data_dir / "admin_token"

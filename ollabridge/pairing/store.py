@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -80,6 +80,35 @@ class SQLiteStore:
         """Run one statement; returns the number of rows it changed."""
         with self._lock:
             return self._db.execute(sql, args).rowcount
+
+
+Store = TypeVar("Store", bound="SQLiteStore")
+
+
+class OpensStore(Generic[Store]):
+    """A service over an SQLiteStore opened on first use (or by its own `open()`), closed by `close()`.
+
+    Subclasses set `self._store = None` and `self._lock` in `__init__` and open the store in `open()`.
+    """
+
+    _store: Store | None
+    _lock: Any
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self.open()
+        assert self._store is not None
+        return self._store
 
 
 class NodeStore(SQLiteStore):
