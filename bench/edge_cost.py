@@ -1,4 +1,4 @@
-"""What the API's edge (ollabridge/api/edge.py) costs per request, in process, in microseconds.
+"""What the API's edge (ollabridge/edge/) costs per request, in process, in microseconds.
 
     python bench/edge_cost.py [--n 20000]
 
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ollabridge.api.edge import EdgeMiddleware  # noqa: E402
+from ollabridge.edge.middleware import EdgeMiddleware  # noqa: E402
 from ollabridge.config import Settings  # noqa: E402
 from ollabridge.gateway import Gateway  # noqa: E402
 

@@ -24,13 +24,13 @@ def _node_main(args: argparse.Namespace) -> int:
 
 
 def _space_arguments(parser: argparse.ArgumentParser) -> None:
-    from ollabridge.deploy import add_arguments
+    from ollabridge.space.deploy import add_arguments
 
     add_arguments(parser)
 
 
 def _space_main(args: argparse.Namespace) -> int:
-    from ollabridge.deploy import run
+    from ollabridge.space.deploy import run
 
     return run(args)
 

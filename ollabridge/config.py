@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     device_interval: float = Field(5.0, validation_alias="OLLABRIDGE_DEVICE_INTERVAL")
     device_rate: int = Field(10, validation_alias="OLLABRIDGE_DEVICE_RATE")
     device_max_pending: int = Field(50, validation_alias="OLLABRIDGE_DEVICE_MAX_PENDING")
-    # The public API's guard (ollabridge/api/edge.py). Keys: comma-separated; with none here and none
+    # The public API's guard (ollabridge/edge/). Keys: comma-separated; with none here and none
     # minted (POST /admin/keys) the API is open. Limits: requests a minute and requests in flight
     # (streams until their last chunk) per client address, or per key for requests with a valid key;
     # 0 turns a limit off. Forwarded hops: proxies in front whose X-Forwarded-For is trusted (1 on a

@@ -73,7 +73,7 @@ class NoBackend(GatewayError):
     code = "service_unavailable"
 
 
-def error_text(raw: bytes | str, status: int) -> str:
+def ollama_error_message(raw: bytes | str, status: int) -> str:
     """The message of an Ollama error body (`{"error": ...}`), or the body's text itself."""
     try:
         data = json.loads(raw)

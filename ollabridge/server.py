@@ -12,10 +12,11 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from ollabridge import __version__
-from ollabridge.api import (admin_routes, device_routes, errors, node_routes, ollama_routes, openapi,
-                            openai_routes, relay_routes, system_routes)
-from ollabridge.api.edge import EdgeMiddleware
-from ollabridge.api.limits import BodyLimitMiddleware
+from ollabridge.api import admin_routes, device_routes, errors, node_routes, openapi, relay_routes, system_routes
+from ollabridge.api.ollama import routes as ollama_routes
+from ollabridge.api.openai import routes as openai_routes
+from ollabridge.edge.middleware import EdgeMiddleware
+from ollabridge.edge.body import BodyLimitMiddleware
 from ollabridge.config import Settings
 from ollabridge.gateway import Gateway
 
@@ -49,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(node_routes.router)
     app.include_router(admin_routes.router)
     # Added first, so inside CORS (401/429 carry its headers; preflights skip it): keys, limits,
-    # timeouts, graceful shutdown, metrics and the log line (ollabridge/api/edge.py).
+    # timeouts, graceful shutdown, metrics and the log line (ollabridge/edge/).
     app.add_middleware(EdgeMiddleware, gateway=gateway)
     origins = settings.cors_origins
     app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],
@@ -100,7 +101,7 @@ class GracefulServer(uvicorn.Server):
             server.close()  # stop accepting; uvicorn's shutdown below closes them again (a no-op)
         if not self.force_exit:
             try:
-                result = await self.gateway.drain(self.gateway.settings.shutdown_timeout)
+                result = await self.gateway.drain.run(self.gateway.settings.shutdown_timeout, self.gateway.hub)
                 logging.getLogger("ollabridge").info("drained: %s", result)
             except Exception:  # noqa: BLE001 - never block the shutdown itself
                 logging.getLogger("ollabridge").exception("graceful drain failed")

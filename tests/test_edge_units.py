@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 
-from ollabridge.api.edge import EdgeMiddleware
+from ollabridge.edge.middleware import EdgeMiddleware
 from ollabridge.config import Settings
 from ollabridge.gateway import Gateway
-from ollabridge.keys import ApiKeys
-from ollabridge.metrics import Metrics
+from ollabridge.edge.keys import ApiKeys
+from ollabridge.edge.metrics import Metrics
 from ollabridge.pairing.store import NodeStore
-from ollabridge.ratelimit import RateLimiter
+from ollabridge.edge.ratelimit import RateLimiter
 from ollabridge.relay import protocol as p
 
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ollabridge.http1 import Http1Pool, ProtocolError, direct_http
+from ollabridge.backends.http1 import Http1Pool, MalformedResponse, direct_http
 from ollabridge.backends.ollama import OllamaBackend
 from ollabridge.errors import BackendError
 
@@ -237,7 +237,7 @@ async def test_pool_refuses_https_and_proxied_urls_fall_back_to_httpx(monkeypatc
 
 
 def test_protocol_error_is_a_connection_error():
-    assert issubclass(ProtocolError, ConnectionError)
+    assert issubclass(MalformedResponse, ConnectionError)
 
 
 async def test_the_httpx_path_gives_the_same_objects_and_errors():

@@ -6,8 +6,8 @@ import base64
 import json
 import struct
 
-from ollabridge.api import openai_convert as convert
-from ollabridge.api.openai_protocol import ChatCompletionRequest, EmbeddingRequest
+from ollabridge.api.openai import convert
+from ollabridge.api.openai.protocol import ChatCompletionRequest, EmbeddingRequest
 
 
 def _req(**fields) -> ChatCompletionRequest:

@@ -6,7 +6,7 @@ import json
 
 import httpx
 
-from ollabridge.pulls import ModelPuller, full_name
+from ollabridge.backends.pulls import ModelPuller, full_name
 
 
 def ollama(script: dict[str, list[list[dict]]], present: list[str]):

@@ -8,7 +8,7 @@ import pytest
 
 from ollabridge.backends.base import Backend, BackendHealth
 from ollabridge.errors import BackendError, ModelNotFound, NoBackend
-from ollabridge.router import Router
+from ollabridge.routing import Router
 
 
 class Scripted(Backend):

@@ -12,7 +12,7 @@ import pytest
 from huggingface_hub import metadata_load
 
 from ollabridge.config import Settings
-from ollabridge.deploy import SPACE_FILES, space_host, stage
+from ollabridge.space.deploy import SPACE_FILES, space_host, stage
 from tests.procs import ROOT
 
 SPACE = ROOT / "space"

@@ -8,7 +8,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ollabridge.metrics import CONTENT_TYPE
+from ollabridge.edge.auth import bearer
+
+from ollabridge.edge.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["Admin"])
 
@@ -58,8 +60,7 @@ _ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def _admin(request: Request) -> None:
-    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
-    request.app.state.gateway.pairing.check_admin(token.strip() if scheme.lower() == "bearer" else None)
+    request.app.state.gateway.pairing.check_admin(bearer(request.headers.get("authorization")))
 
 
 @router.post("/admin/keys", response_model=MintedKey, responses=_ADMIN_ERRORS)

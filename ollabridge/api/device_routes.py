@@ -8,6 +8,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from ollabridge.edge.auth import bearer
+
 from ollabridge.pairing import DeviceFlowError, PairingService
 
 router = APIRouter(prefix="/device", tags=["Device relay"])
@@ -40,8 +42,7 @@ def _base(request: Request) -> str:
 
 
 def _admin(request: Request) -> str | None:
-    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
+    return bearer(request.headers.get("authorization"))
 
 
 @router.post("/start")

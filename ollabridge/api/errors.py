@@ -1,4 +1,5 @@
-"""Render errors in the caller's format: OpenAI error JSON on `/v1`, `{"error": ...}` natively."""
+"""Errors in the caller's format: OpenAI error JSON on `/v1`, `{"error": ...}` natively; as a response,
+as an SSE event or as an NDJSON line once a stream has begun."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ollabridge.api.openai_convert import error_body
+from ollabridge.api.openai.convert import error_body
 from ollabridge.errors import GatewayError
+from ollabridge.jsonwire import dumps
 
 log = logging.getLogger("ollabridge")
 
@@ -24,13 +26,34 @@ def is_openai_path(path: str) -> bool:
     return path.startswith("/v1/") or path.startswith("/ollama/v1/")
 
 
+def error_payload(path: str, status: int, message: str, *, type_: str | None = None, code: str | None = None,
+                  param: str | None = None) -> dict[str, Any]:
+    """The error body a caller of `path` reads: OpenAI's object on `/v1`, `{"error": ...}` natively."""
+    if is_openai_path(path):
+        return error_body(message, type_ or _TYPES.get(status, "api_error"), code, param)
+    return {"error": message}
+
+
 def render(path: str, status: int, message: str, *, type_: str | None = None, code: str | None = None,
            param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    if is_openai_path(path):
-        body: dict[str, Any] = error_body(message, type_ or _TYPES.get(status, "api_error"), code, param)
-    else:
-        body = {"error": message}
-    return JSONResponse(body, status_code=status, headers=headers)
+    """An error response in the caller's format."""
+    return JSONResponse(error_payload(path, status, message, type_=type_, code=code, param=param),
+                        status_code=status, headers=headers)
+
+
+def render_gateway_error(path: str, exc: GatewayError) -> JSONResponse:
+    return render(path, exc.status, exc.message, type_=exc.type, code=exc.code, param=exc.param,
+                  headers=exc.headers)
+
+
+def sse_error_event(message: str, type_: str = "api_error", code: str | None = None) -> bytes:
+    """A failure after an SSE stream began: one `data:` event with OpenAI's error object."""
+    return b"data: " + dumps(error_body(message, type_, code)) + b"\n\n"
+
+
+def ndjson_error_line(message: str) -> bytes:
+    """A failure after an NDJSON stream began: one `{"error": ...}` line, as Ollama writes it."""
+    return dumps({"error": message}) + b"\n"
 
 
 def describe_validation(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
@@ -49,8 +72,7 @@ def describe_validation(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-        return render(request.url.path, exc.status, exc.message, type_=exc.type, code=exc.code,
-                      param=exc.param, headers=exc.headers)
+        return render_gateway_error(request.url.path, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,7 +1,7 @@
 """Make /openapi.json say what the gateway really answers (checked by tests/test_schemathesis.py).
 
 FastAPI documents 422 for invalid requests, but the gateway answers 400 in the caller's format
-(ollabridge/api/errors.py); the edge (ollabridge/api/edge.py) may answer 401, 429, 503 and 504 on
+(ollabridge/api/errors.py); the edge (ollabridge/edge/) may answer 401, 429, 503 and 504 on
 every API route; the device flow's errors are `{"error": ...}` objects. Routes keep documenting
 their own answers; this adds what is common to all of them.
 """
@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from ollabridge.api.edge import API_PREFIXES
+from ollabridge.edge.middleware import API_PREFIXES
 from ollabridge.api.errors import is_openai_path
 
 NATIVE_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
@@ -37,7 +37,7 @@ def install(app: FastAPI) -> None:
         if app.openapi_schema:
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        from ollabridge.api.openai_protocol import ErrorResponse
+        from ollabridge.api.openai.protocol import ErrorResponse
 
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.setdefault("ErrorResponse", ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}"))

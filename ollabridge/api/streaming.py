@@ -7,20 +7,20 @@ status) and end a failed stream with an error event the client can read, never a
 from __future__ import annotations
 
 import logging
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
-from ollabridge.api.openai_convert import StreamTranslator, error_body
+from ollabridge.api.errors import ndjson_error_line, sse_error_event
+from ollabridge.api.openai.convert import StreamTranslator
 from ollabridge.errors import GatewayError
 from ollabridge.jsonwire import dumps
 
 log = logging.getLogger("ollabridge")
 
 DONE = b"data: [DONE]\n\n"
-_bytes = dumps
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + _bytes(obj) + b"\n\n"
+    return b"data: " + dumps(obj) + b"\n\n"
 
 
 def _failure(exc: Exception) -> GatewayError:
@@ -42,23 +42,21 @@ async def sse_stream(first: dict[str, Any], rest: AsyncIterator[dict[str, Any]],
                     yield _sse(event)
     except Exception as exc:  # noqa: BLE001 - every failure becomes an event the client sees
         err = _failure(exc)
-        yield _sse(error_body(err.message, err.type, err.code))
+        yield sse_error_event(err.message, err.type, err.code)
     finally:
         await rest.aclose()
     yield DONE
 
 
-async def ndjson_stream(first: dict[str, Any], rest: AsyncIterator[dict[str, Any]],
-                        on_error: Callable[[GatewayError], dict[str, Any]] | None = None) -> AsyncIterator[bytes]:
+async def ndjson_stream(first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
     """Ollama native objects, one per line; a failure becomes an `{"error": ...}` line."""
     try:
-        yield _bytes(first) + b"\n"
+        yield dumps(first) + b"\n"
         if not first.get("done"):
             async for chunk in rest:
-                yield _bytes(chunk) + b"\n"
+                yield dumps(chunk) + b"\n"
     except Exception as exc:  # noqa: BLE001
-        err = _failure(exc)
-        yield _bytes({"error": err.message}) + b"\n"
+        yield ndjson_error_line(_failure(exc).message)
     finally:
         await rest.aclose()
 

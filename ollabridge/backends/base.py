@@ -4,7 +4,7 @@ The canonical request and stream are Ollama's native ones: a chat request is the
 `POST /api/chat` (a dict), and its stream is the sequence of `/api/chat` response objects,
 the last with `done: true`. Every backend (Ollama over HTTP, an extra upstream, a GPU node
 over the relay) speaks that already, so the native API is a passthrough and the OpenAI API
-is a pure translation on top (see `ollabridge.api.openai_convert`).
+is a pure translation on top (see `ollabridge.api.openai.convert`).
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ from typing import Any, AsyncIterator
 
 import httpx
 
-from ollabridge import __version__, http1
+from ollabridge import __version__
+from ollabridge.backends import http1
 from ollabridge.backends.base import Backend, BackendHealth
-from ollabridge.errors import BackendError, error_text
+from ollabridge.errors import BackendError, ollama_error_message
 from ollabridge.jsonwire import dumps as _dumps, loads as _loads
 
 _OPS = {"embed": "/api/embed", "embeddings": "/api/embeddings", "show": "/api/show"}
@@ -50,7 +51,7 @@ class OllamaBackend(Backend):
                     raw = await reply.read_all(30.0)
                 except (TimeoutError, *http1.READ_ERRORS):
                     raw = b""
-                raise BackendError(error_text(raw, reply.status), status=reply.status,
+                raise BackendError(ollama_error_message(raw, reply.status), status=reply.status,
                                    retryable=reply.status >= 500, backend=self.name)
             lines = http1.Lines(reply, self.first_token_timeout, self.idle_timeout)
             try:
@@ -120,7 +121,7 @@ class OllamaBackend(Backend):
             raise BackendError(f"{self.name} is unreachable: {exc!r}", status=502, retryable=True,
                                backend=self.name) from exc
         if response.status_code >= 400:
-            raise BackendError(error_text(response.content, response.status_code),
+            raise BackendError(ollama_error_message(response.content, response.status_code),
                                status=response.status_code, retryable=response.status_code >= 500,
                                backend=self.name)
         try:

@@ -8,7 +8,7 @@
   ``[A-Za-z0-9._-]`` become ``-``), e.g. ``mistral-7b.Q4_K_M.gguf`` -> ``mistral-7b.Q4_K_M:latest``.
 * ``hf:<owner>/<repo>/<file>.gguf`` - a Hugging Face Hub file, fetched once with ``hf_hub_download``
   (with progress in the log) into the data dir, or `cache_dir` when there is none; see
-  `ollabridge.hf_models`. Hub failures (missing/refused token, no such repo or file, Hub unreachable)
+  `ollabridge.engine.hf_models`. Hub failures (missing/refused token, no such repo or file, Hub unreachable)
   raise `ModelSpecError` with a sentence saying what to do.
 """
 
@@ -35,7 +35,7 @@ class ModelSpecError(ValueError):
 
 
 class HubDownloadUnavailable(NotImplementedError):
-    """`hf:` specs are recognised but downloading from the Hub is not implemented yet."""
+    """An `hf:` spec, but huggingface_hub (which downloads it) is not installed."""
 
 
 @dataclass(frozen=True)
@@ -89,9 +89,9 @@ def parse_hf_spec(spec: str) -> HubRef:
 
 
 def download_hf(ref: HubRef, cache_dir: Path) -> Path:
-    """Fetch `ref` once (see `ollabridge.hf_models.download_gguf`) and return its local path."""
+    """Fetch `ref` once (see `ollabridge.engine.hf_models.download_gguf`) and return its local path."""
     try:
-        from ollabridge.hf_models import HubError, download_gguf
+        from ollabridge.engine.hf_models import HubError, download_gguf
     except ImportError as exc:  # pragma: no cover - huggingface_hub is in requirements.txt
         raise HubDownloadUnavailable(f"hf: models need huggingface_hub ({exc})") from exc
     try:

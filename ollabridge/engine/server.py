@@ -19,6 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ollabridge.asgi import as_json, until_disconnect
+
 from . import shapes
 from .llm import Job, Runner, Stats
 from .model import (ModelFile, default_cache_dir, details_from_metadata, model_info_from_metadata,
@@ -50,11 +52,8 @@ def _validation_message(exc: RequestValidationError) -> str:
 def _watch_disconnect(request: Request, job: Job) -> asyncio.Task:
     """Cancel `job` as soon as the client goes away (uvicorn reports http.disconnect)."""
     async def watch() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                job.cancel()
-                return
+        await until_disconnect(request.receive)
+        job.cancel()
     return asyncio.create_task(watch())
 
 
@@ -66,8 +65,7 @@ class JSONBodies:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] in ("POST", "DELETE"):
-            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-            scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+            scope = {**scope, "headers": as_json(scope["headers"])}
         await self.app(scope, receive, send)
 
 

@@ -13,12 +13,12 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from ollabridge.errors import GatewayError
-from ollabridge.pairing.store import NodeStore, OpensStore
+from ollabridge.pairing.store import NodeStore
+from ollabridge.store.sqlite import OpensStore, iso
 
 log = logging.getLogger("ollabridge.pairing")
 
@@ -114,9 +114,6 @@ def normalize_code(user_code: str) -> str:
     return "".join(ch for ch in str(user_code).upper() if ch.isalnum())
 
 
-def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds") if ts else None
-
 
 def _short_offers(offers: dict[str, Any]) -> dict[str, Any]:
     caps = offers.get("capabilities") if isinstance(offers.get("capabilities"), dict) else {}
@@ -183,6 +180,13 @@ class PairingService(OpensStore[NodeStore]):
         return token
 
     # -- admin ---------------------------------------------------------------------------------
+    @property
+    def admin_token(self) -> str:
+        """The owner's admin token (from OLLABRIDGE_ADMIN_TOKEN or the data dir); opens the store."""
+        if self._admin is None:
+            self.open()
+        return self._admin or ""
+
     def is_admin(self, token: str | None) -> bool:
         if self._admin is None:
             self.open()
@@ -308,14 +312,14 @@ class PairingService(OpensStore[NodeStore]):
             live = self.hub.live_info(row["node_id"]) if self.hub is not None else None
             caps = row.get("capabilities") or {}
             models = row.get("models") or []
-            entry = {"node_id": row["node_id"], "name": row["name"], "created": _iso(row["created"]),
-                     "last_seen": _iso(row.get("last_seen")), "connected": live is not None,
+            entry = {"node_id": row["node_id"], "name": row["name"], "created": iso(row["created"]),
+                     "last_seen": iso(row.get("last_seen")), "connected": live is not None,
                      "models": [m.get("name") or m.get("model") if isinstance(m, dict) else m for m in models],
                      "gpu": caps.get("gpu"), "vram_mb": caps.get("vram_mb"), "slots": caps.get("slots"),
                      "in_flight": 0, "agent": row.get("agent")}
             if live:
                 entry.update(live)
-                entry["last_seen"] = _iso(time.time())
+                entry["last_seen"] = iso(time.time())
             out.append(entry)
         return out
 
@@ -378,7 +382,7 @@ class PairingService(OpensStore[NodeStore]):
         now = time.time()
         status = "expired" if p.status == "pending" and now >= p.expires_at else p.status
         return {"user_code": format_code(p.user_code), "name": p.name, "client": p.client, "status": status,
-                "created": _iso(p.created), "expires_in": max(0, int(p.expires_at - now)), **p.offers}
+                "created": iso(p.created), "expires_in": max(0, int(p.expires_at - now)), **p.offers}
 
     def _limit(self, client: str, now: float) -> None:
         if self.starts_per_minute <= 0:

@@ -26,8 +26,9 @@ from typing import Any
 
 import httpx
 
-from ollabridge import __version__, http1
-from ollabridge.errors import error_text
+from ollabridge import __version__
+from ollabridge.backends import http1
+from ollabridge.errors import ollama_error_message
 from ollabridge.relay import protocol as p
 
 log = logging.getLogger("ollabridge.node")
@@ -307,7 +308,7 @@ class NodeAgent:
                                open_timeout=15, close_timeout=2) as ws:
                 models = await self.local_models()
                 self._models_sig = _signature(models)
-                await ws.send(p.dumps({"type": "hello", "protocol": p.PROTOCOL, "name": self.name, "agent": AGENT,
+                await ws.send(p.encode({"type": "hello", "protocol": p.PROTOCOL, "name": self.name, "agent": AGENT,
                                        "models": models, "capabilities": self._capabilities()}))
                 try:
                     raw = await asyncio.wait_for(ws.recv(), 20)
@@ -400,7 +401,7 @@ class NodeAgent:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _send(self, frame: dict[str, Any]) -> None:
-        self._out.put_nowait(p.dumps(frame))
+        self._out.put_nowait(p.encode(frame))
 
     # -- requests --------------------------------------------------------------------------------
     def _start(self, frame: dict[str, Any]) -> None:
@@ -422,7 +423,7 @@ class NodeAgent:
             else:
                 response = await self.http.post(OLLAMA_PATHS[op], json=body)
                 if response.status_code >= 400:
-                    self._error(rid, response.status_code, error_text(response.content, response.status_code))
+                    self._error(rid, response.status_code, ollama_error_message(response.content, response.status_code))
                 else:
                     await credit.take()
                     self._res(rid, response.json(), True)
@@ -441,7 +442,7 @@ class NodeAgent:
         try:
             if reply.status >= 400:
                 raw = await reply.read_all(30.0)
-                self._error(rid, reply.status, error_text(raw, reply.status))
+                self._error(rid, reply.status, ollama_error_message(raw, reply.status))
                 return
             async for line in http1.Lines(reply, _FOREVER, _FOREVER):
                 data = json.loads(line)
@@ -456,7 +457,7 @@ class NodeAgent:
         self._error(rid, 502, "the node's Ollama ended the stream before it was done")
 
     def _res(self, rid: str, data: dict[str, Any], done: bool) -> None:
-        text = p.dumps({"type": "res", "id": rid, "data": data, "done": done})
+        text = p.encode({"type": "res", "id": rid, "data": data, "done": done})
         if len(text.encode()) > self._max_frame:
             self._error(rid, 413, f"response larger than the relay's frame limit ({self._max_frame} bytes)")
         else:

@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator
 from starlette.websockets import WebSocket, WebSocketState
 
 from ollabridge.backends.base import Backend, BackendHealth
+from ollabridge.edge.auth import bearer
 from ollabridge.errors import BackendError
 from ollabridge.relay import protocol as p
 
@@ -190,7 +191,7 @@ class NodeBackend(Backend):
 
     def send(self, frame: dict[str, Any]) -> None:
         if self.connected:
-            self._out.put_nowait(p.dumps(frame))
+            self._out.put_nowait(p.encode(frame))
 
     def close_soon(self, code: int, reason: str) -> None:
         """Close the socket with `code` (safe from the event loop only; see RelayHub.kick)."""
@@ -288,12 +289,6 @@ class NodeBackend(Backend):
                 "vram_mb": self.hello.vram_mb, "slots": self.slots, "in_flight": len(self._requests),
                 "requests": self.stats.total, "failed": self.stats.failed, "tokens": self.stats.tokens,
                 "tokens_per_s": self.stats.last_tokens_per_s, "rtt_ms": self.rtt_ms}
-
-
-def bearer(ws: WebSocket) -> str | None:
-    value = ws.headers.get("authorization") or ""
-    scheme, _, token = value.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 class RelayHub:
@@ -394,7 +389,7 @@ class RelayHub:
         """Serve `WS /relay/connect` from accept to close."""
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
-        token = bearer(ws)
+        token = bearer(ws.headers.get("authorization"))
         await ws.accept()
         try:
             row = self.pairing.authenticate(token)
@@ -428,7 +423,7 @@ class RelayHub:
             return
         node = NodeBackend(self, ws, node_id, hello)
         try:
-            await ws.send_text(p.dumps({"type": "welcome", "protocol": p.PROTOCOL, "node_id": node_id,
+            await ws.send_text(p.encode({"type": "welcome", "protocol": p.PROTOCOL, "node_id": node_id,
                                         "heartbeat_s": self.heartbeat_s, "window": self.window,
                                         "max_frame": self.max_frame}))
         except Exception:  # noqa: BLE001 - the node left during the handshake

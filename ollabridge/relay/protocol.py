@@ -56,7 +56,8 @@ class ProtocolError(Exception):
         self.code = code
 
 
-def dumps(frame: dict[str, Any]) -> str:
+def encode(frame: dict[str, Any]) -> str:
+    """A frame as the JSON text of one WebSocket message."""
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
 

@@ -44,7 +44,7 @@ def request_body(model: str, convo: list[dict[str, str]], system: str, temperatu
     return {"model": model, "messages": messages, "stream": True, "options": options}
 
 
-def error_text(exc: BaseException) -> str:
+def readable_error(exc: BaseException) -> str:
     """A readable message for the chat; never a stack trace."""
     if isinstance(exc, ModelNotFound):
         title = "Model not available"
@@ -116,7 +116,7 @@ async def reply(gateway: Gateway, message: str, shown: list[dict], convo: list[d
     except Exception as exc:  # noqa: BLE001 — every failure becomes a message in the chat
         if not isinstance(exc, GatewayError):
             log.exception("chat in the UI failed")
-        note = error_text(exc)
+        note = readable_error(exc)
         shown[-1] = {"role": "assistant", "content": f"{text}\n\n{note}" if text else note}
         # A failed turn leaves the conversation as it was, so the next message starts clean.
         yield shown, (convo + [{"role": "assistant", "content": text}]) if text else convo[:-1], ""

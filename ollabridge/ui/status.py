@@ -1,6 +1,6 @@
 """The Status tab: gateway health, the active engine, models, GPU nodes and totals, refreshed on a timer.
 
-Everything comes from `gateway.health()`, `gateway.status()`, `gateway.router` and the relay hub:
+Everything comes from `gateway.views.health()`, `gateway.views.status()`, `gateway.router` and the relay hub:
 the same data `/health` and `/ollama/status` return.
 """
 
@@ -83,8 +83,8 @@ class _Shared:
 
 async def snapshot(gateway: Gateway) -> tuple[str, list[list[Any]], list[list[Any]], list[list[Any]]]:
     """(cards HTML, nodes rows, models rows, backends rows) for the tab."""
-    health = await gateway.health()
-    status = await gateway.status()
+    health = await gateway.views.health()
+    status = await gateway.views.status()
     models = await gateway.router.models()
     loaded = {m.get("name") or m.get("model") for m in await gateway.router.loaded()}
     relay = status.get("relay") or {}

@@ -1,4 +1,5 @@
-"""An SSE response that keeps a slow stream alive through proxies.
+"""The SSE response of a streamed answer: events from a router stream, keep-alives through proxies,
+and a stop (cancelling the upstream) when the client disconnects.
 
 Hosted platforms cut a connection that carries no byte for about a minute. A big prompt on a CPU
 can take longer than that before its first token, and a slow model can pause between chunks. This
@@ -16,16 +17,16 @@ Cost: one timer handle per stream (re-armed every `interval`), no extra task unl
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any, AsyncIterator
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from ollabridge.api.errors import render
-from ollabridge.api.openai_convert import StreamTranslator, error_body
-from ollabridge.api.streaming import sse_stream, start
+from ollabridge.api.errors import render_gateway_error, sse_error_event
+from ollabridge.api.openai.convert import StreamTranslator
+from ollabridge.api.streaming import DONE, sse_stream, start
+from ollabridge.asgi import until_disconnect
 from ollabridge.errors import GatewayError
 
 log = logging.getLogger("ollabridge")
@@ -39,8 +40,9 @@ async def _nothing() -> AsyncIterator[bytes]:
     yield b""  # pragma: no cover
 
 
-class KeepAliveSSE(StreamingResponse):
-    """`chat.completion.chunk` events from a router stream, with keep-alive comments."""
+class SSEResponse(StreamingResponse):
+    """`chat.completion.chunk` events from a router stream, with keep-alive comments every `interval`
+    seconds of silence (0: none)."""
 
     def __init__(self, stream: AsyncIterator[dict[str, Any]], translator: StreamTranslator, interval: float,
                  path: str, ctx: Any = None) -> None:
@@ -108,8 +110,7 @@ class KeepAliveSSE(StreamingResponse):
         state = {"streaming": True, "gone": False}
 
         async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            await until_disconnect(receive)
             if state["streaming"]:
                 state["gone"] = True
                 task.cancel()
@@ -157,12 +158,10 @@ class KeepAliveSSE(StreamingResponse):
             await self._beat
         if not self._started:  # nothing sent yet: a proper HTTP error, as without keep-alives
             self._started = True
-            response = render(self.path, exc.status, exc.message, type_=exc.type, code=exc.code, param=exc.param,
-                              headers=exc.headers)
+            response = render_gateway_error(self.path, exc)
             assert self._send is not None
             await self._send({"type": "http.response.start", "status": response.status_code,
                               "headers": response.raw_headers})
             await self._send({"type": "http.response.body", "body": response.body})
             return
-        event = b"data: " + json.dumps(error_body(exc.message, exc.type, exc.code)).encode() + b"\n\n"
-        await self._out(event + b"data: [DONE]\n\n", more=False)
+        await self._out(sse_error_event(exc.message, exc.type, exc.code) + DONE, more=False)

@@ -4,23 +4,16 @@ are read whole, and read API bodies as JSON whatever their Content-Type (as Olla
 
 from __future__ import annotations
 
-import json
-
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ollabridge.api.errors import is_openai_path
-from ollabridge.api.openai_convert import error_body
+from ollabridge.api.errors import error_payload
+from ollabridge.asgi import as_json
+from ollabridge.jsonwire import dumps
 
 
 def _is_api(path: str) -> bool:
     return path.startswith(("/ollama/", "/v1/", "/device/"))
-
-
-def _as_json(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    if any(k == b"content-type" and v.startswith(b"application/json") for k, v in headers):
-        return headers
-    return [(k, v) for k, v in headers if k != b"content-type"] + [(b"content-type", b"application/json")]
 
 
 class BodyTooLarge(HTTPException):
@@ -41,7 +34,7 @@ class BodyLimitMiddleware:
                 await self._refuse(scope, send)
                 return
         if scope["method"] == "POST" and _is_api(scope["path"]):
-            scope = {**scope, "headers": _as_json(scope["headers"])}
+            scope = {**scope, "headers": as_json(scope["headers"])}
         seen = 0
         started = False
 
@@ -67,10 +60,7 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         message = f"Request body is larger than the limit of {self.max_bytes} bytes."
-        path = scope.get("path", "")
-        body = error_body(message, "invalid_request_error", "request_too_large") if is_openai_path(path) \
-            else {"error": message}
-        raw = json.dumps(body).encode()
+        raw = dumps(error_payload(scope.get("path", ""), 413, message, code="request_too_large"))
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(raw)).encode()), (b"connection", b"close")]})

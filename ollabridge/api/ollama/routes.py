@@ -6,10 +6,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ollabridge import __version__
-from ollabridge.api import edge
-from ollabridge.api.ollama_protocol import (NativeChatRequest, NativeEmbeddingsRequest, NativeEmbedRequest,
+from ollabridge.api.ollama.protocol import (NativeChatRequest, NativeEmbeddingsRequest, NativeEmbedRequest,
                                             NativeError, NativeShowRequest)
 from ollabridge.api.streaming import ndjson_stream, start
+from ollabridge.edge import context as edge
 from ollabridge.errors import BadRequest, Forbidden
 from ollabridge.gateway import Gateway
 
@@ -32,7 +32,7 @@ async def chat(body: NativeChatRequest, request: Request):
     """Chat; NDJSON stream (default) or one object with `stream: false`, as the backend wrote it."""
     payload = _as_sent(body)
     gateway = _gateway(request)
-    stream = gateway.router.chat(payload, edge.served(request, body.model))
+    stream = gateway.router.chat(payload, edge.track(request, body.model))
     if gateway.settings.log_content:
         stream = edge.with_content(request, payload.get("messages"), stream)
     first = await start(stream)
@@ -51,12 +51,12 @@ async def tags(request: Request):
 
 @router.post("/embed", responses=_ERRORS)
 async def embed(body: NativeEmbedRequest, request: Request):
-    return await _gateway(request).router.call("embed", _as_sent(body), edge.served(request, body.model))
+    return await _gateway(request).router.call("embed", _as_sent(body), edge.track(request, body.model))
 
 
 @router.post("/embeddings", responses=_ERRORS)
 async def embeddings(body: NativeEmbeddingsRequest, request: Request):
-    return await _gateway(request).router.call("embeddings", _as_sent(body), edge.served(request, body.model))
+    return await _gateway(request).router.call("embeddings", _as_sent(body), edge.track(request, body.model))
 
 
 @router.post("/show", responses=_ERRORS)
@@ -64,7 +64,7 @@ async def show(body: NativeShowRequest, request: Request):
     model = body.model or body.name
     if not model:
         raise BadRequest("Missing required field: 'model'.", param="model")
-    return await _gateway(request).router.call("show", {**_as_sent(body), "model": model}, edge.served(request, model))
+    return await _gateway(request).router.call("show", {**_as_sent(body), "model": model}, edge.track(request, model))
 
 
 @router.get("/version")

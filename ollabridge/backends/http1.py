@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-__all__ = ["Http1Pool", "Http1Response", "HttpxReply", "Lines", "ProtocolError", "direct_http",
+__all__ = ["Http1Pool", "Http1Response", "HttpxReply", "Lines", "MalformedResponse", "direct_http",
            "post_stream"]
 
 _HIGH_WATER = 64 * 1024  # stop reading the socket past this much unread body: a slow reader holds back the upstream
@@ -27,7 +27,7 @@ _MAX_HEAD = 64 * 1024
 _MAX_LINE = 4096
 
 
-class ProtocolError(ConnectionError):
+class MalformedResponse(ConnectionError):
     """The upstream's reply is not HTTP/1.1 we can read."""
 
 
@@ -111,7 +111,7 @@ class Http1Response:
         try:
             self._left = -1 if self._chunked or length is None else int(length)
         except ValueError:
-            raise ProtocolError(f"bad Content-Length {length!r}") from None
+            raise MalformedResponse(f"bad Content-Length {length!r}") from None
         self._state = _CHUNK_SIZE
         if self._left == 0:
             self._finished = True
@@ -132,7 +132,7 @@ class Http1Response:
                     self._finished = True  # a body delimited by the end of the connection
                     self._keep_alive = False
                     return b""
-                raise ProtocolError("the upstream closed the connection mid-body")
+                raise MalformedResponse("the upstream closed the connection mid-body")
             await conn.more(timeout)
 
     async def read_all(self, timeout: float) -> bytes:
@@ -184,14 +184,14 @@ class Http1Response:
                 if end - pos < 2:
                     break
                 if buf[pos:pos + 2] != b"\r\n":
-                    raise ProtocolError("chunk not followed by CRLF")
+                    raise MalformedResponse("chunk not followed by CRLF")
                 pos += 2
                 state = _CHUNK_SIZE
                 continue
             eol = buf.find(b"\r\n", pos)
             if eol < 0:
                 if end - pos > _MAX_LINE:
-                    raise ProtocolError("chunk size line too long")
+                    raise MalformedResponse("chunk size line too long")
                 break
             line = bytes(buf[pos:eol])
             pos = eol + 2
@@ -203,7 +203,7 @@ class Http1Response:
             try:
                 size = int(line.split(b";", 1)[0], 16)
             except ValueError:
-                raise ProtocolError(f"bad chunk size {line[:40]!r}") from None
+                raise MalformedResponse(f"bad chunk size {line[:40]!r}") from None
             if size == 0:
                 state = _TRAILER
             else:
@@ -236,7 +236,7 @@ class Http1Pool:
         """Send a request and wait up to `timeout` s for the reply's head.
 
         A kept-alive connection the upstream had closed is retried once on a new one.
-        Raises OSError (ConnectionError, ProtocolError) or TimeoutError.
+        Raises OSError (ConnectionError, MalformedResponse) or TimeoutError.
         """
         head = (f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: {self._host_header}\r\n"
                 f"User-Agent: {self._agent}\r\nContent-Type: {content_type}\r\n"
@@ -248,7 +248,7 @@ class Http1Pool:
             try:
                 conn.transport.write(head + body)  # type: ignore[union-attr]
                 return await self._read_head(conn, timeout)
-            except ProtocolError:
+            except MalformedResponse:
                 conn.close()
                 raise
             except ConnectionError:
@@ -296,7 +296,7 @@ class Http1Pool:
         deadline = time.monotonic() + timeout
         while (end := conn.buf.find(b"\r\n\r\n")) < 0:
             if len(conn.buf) > _MAX_HEAD:
-                raise ProtocolError("response head too large")
+                raise MalformedResponse("response head too large")
             if conn.eof:
                 raise ConnectionResetError("the upstream closed the connection before answering")
             await conn.more(max(0.0, deadline - time.monotonic()))
@@ -305,17 +305,17 @@ class Http1Pool:
         lines = raw.split(b"\r\n")
         parts = lines[0].split(b" ", 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            raise ProtocolError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
+            raise MalformedResponse(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
         status = int(parts[1])
         headers: dict[bytes, bytes] = {}
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
             if not sep:
-                raise ProtocolError(f"bad header line {line[:80]!r}")
+                raise MalformedResponse(f"bad header line {line[:80]!r}")
             headers[name.strip().lower()] = value.strip()
         keep_alive = parts[0] == b"HTTP/1.1" and b"close" not in headers.get(b"connection", b"").lower()
         if 100 <= status < 200:
-            raise ProtocolError(f"unexpected informational status {status}")
+            raise MalformedResponse(f"unexpected informational status {status}")
         return Http1Response(self, conn, status, headers, keep_alive)
 
 

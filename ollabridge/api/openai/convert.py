@@ -13,7 +13,7 @@ import struct
 import time
 from typing import Any, Iterable
 
-from ollabridge.api.openai_protocol import ChatCompletionRequest, ChatMessage, EmbeddingRequest
+from ollabridge.api.openai.protocol import ChatCompletionRequest, ChatMessage, EmbeddingRequest
 
 _FINISH = {"stop": "stop", "length": "length", "load": "stop", "unload": "stop"}
 

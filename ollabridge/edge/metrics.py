@@ -126,12 +126,12 @@ class _Collector:
         if gw is None:
             return
         yield GaugeMetricFamily("ollabridge_requests_in_flight", "API requests being served now",
-                                value=len(gw.inflight))
+                                value=len(gw.drain.inflight))
         yield GaugeMetricFamily("ollabridge_queue_waiting", "Requests waiting for a free backend slot",
                                 value=gw.router.waiting)
         yield GaugeMetricFamily("ollabridge_draining", "1 while the gateway shuts down gracefully",
-                                value=1 if gw.draining else 0)
-        stats = gw.relay_stats()
+                                value=1 if gw.drain.draining else 0)
+        stats = gw.hub.stats()
         yield GaugeMetricFamily("ollabridge_nodes_connected", "GPU nodes connected over the relay",
                                 value=stats["nodes_connected"])
         yield CounterMetricFamily("ollabridge_relay_tokens", "Tokens relayed from GPU nodes",

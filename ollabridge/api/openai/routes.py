@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
-from ollabridge.api import edge
-from ollabridge.api import openai_convert as convert
-from ollabridge.api.keepalive import KeepAliveSSE
-from ollabridge.api.openai_protocol import (ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
+from ollabridge.api.openai import convert
+from ollabridge.api.sse_response import SSEResponse
+from ollabridge.api.openai.protocol import (ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
                                             EmbeddingRequest, EmbeddingResponse, ErrorResponse, ModelList)
-from ollabridge.api.streaming import sse_stream, start
+from ollabridge.api.streaming import start
+from ollabridge.edge import context as edge
 from ollabridge.errors import ModelNotFound
 from ollabridge.gateway import Gateway
 
@@ -33,18 +33,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     gateway = _gateway(request)
     model = await gateway.router.resolve_model(body.model)
     payload = convert.chat_request_to_ollama(body, model)
-    stream = gateway.router.chat(payload, edge.served(request, model))
+    stream = gateway.router.chat(payload, edge.track(request, model))
     if gateway.settings.log_content:
         stream = edge.with_content(request, payload, stream)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         translator = convert.StreamTranslator(model, include_usage)
-        if gateway.settings.keepalive_s > 0:  # the first chunk is awaited inside, keep-alives meanwhile
-            return KeepAliveSSE(stream, translator, gateway.settings.keepalive_s, request.url.path,
-                                edge.context(request))
-        first = await start(stream)
-        return StreamingResponse(sse_stream(first, stream, translator), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        # The first chunk is awaited inside, with keep-alives meanwhile (OLLABRIDGE_KEEPALIVE; 0: none).
+        return SSEResponse(stream, translator, gateway.settings.keepalive_s, request.url.path,
+                           edge.context(request))
     first = await start(stream)
     chunks = [first]
     if not first.get("done"):
@@ -75,5 +72,5 @@ async def embeddings(body: EmbeddingRequest, request: Request):
     gateway = _gateway(request)
     model = await gateway.router.resolve_model(body.model)
     result = await gateway.router.call("embed", convert.embedding_request_to_ollama(body, model),
-                                       edge.served(request, model))
+                                       edge.track(request, model))
     return JSONResponse(convert.embedding_response(result, model, body.encoding_format))

@@ -19,9 +19,9 @@ from typing import Any
 
 import httpx
 
-from ollabridge.errors import error_text
+from ollabridge.errors import ollama_error_message
 
-log = logging.getLogger("ollabridge.pulls")
+log = logging.getLogger("ollabridge.backends.pulls")
 
 
 def full_name(model: str) -> str:
@@ -189,7 +189,7 @@ class ModelPuller:
                                  json={"model": pull.model, "name": pull.model, "stream": True}) as response:
             if response.status_code >= 400:
                 raw = (await response.aread()).decode(errors="replace")
-                raise PullError(error_text(raw, response.status_code))
+                raise PullError(ollama_error_message(raw, response.status_code))
             async for line in response.aiter_lines():
                 if not line.strip():
                     continue

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-log = logging.getLogger("ollabridge.hf_models")
+log = logging.getLogger("ollabridge.engine.hf_models")
 
 
 class HubError(RuntimeError):

@@ -10,7 +10,7 @@ write access. HF_ENDPOINT picks the Hub (tests point it at a stand-in).
 and Dockerfile at the top, the app beside them) from this checkout, to push as a new source Space.
 
 `add_arguments(parser)` and `run(args)` are the `space` entry of `python -m ollabridge` (its COMMANDS);
-`main(argv)` runs the same alone (`python -m ollabridge.deploy duplicate ...`).
+`main(argv)` runs the same alone (`python -m ollabridge.space.deploy duplicate ...`).
 """
 
 from __future__ import annotations
@@ -184,8 +184,8 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m ollabridge.deploy duplicate ...`, the same as `python -m ollabridge space duplicate ...`."""
-    parser = argparse.ArgumentParser(prog="python -m ollabridge.deploy")
+    """`python -m ollabridge.space.deploy duplicate ...`, the same as `python -m ollabridge space duplicate ...`."""
+    parser = argparse.ArgumentParser(prog="python -m ollabridge.space.deploy")
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

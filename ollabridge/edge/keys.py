@@ -14,14 +14,13 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from ollabridge.errors import GatewayError
-from ollabridge.pairing.store import OpensStore, SQLiteStore, hash_token
+from ollabridge.store.sqlite import OpensStore, SQLiteStore, hash_token, iso
 
-log = logging.getLogger("ollabridge.keys")
+log = logging.getLogger("ollabridge.edge.keys")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -73,9 +72,6 @@ class KeyStore(SQLiteStore):
         return self._exec("UPDATE api_keys SET revoked = ? WHERE key_id = ? AND revoked IS NULL",
                           (time.time(), key_id)) > 0
 
-
-def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds") if ts else None
 
 
 class ApiKeys(OpensStore[KeyStore]):
@@ -154,4 +150,4 @@ class ApiKeys(OpensStore[KeyStore]):
     @staticmethod
     def _describe(row: dict[str, Any]) -> dict[str, Any]:
         return {"id": row["key_id"], "name": row["name"], "source": "minted", "prefix": row["prefix"],
-                "created": _iso(row["created"]), "rpm": row["rpm"], "streams": row["streams"]}
+                "created": iso(row["created"]), "rpm": row["rpm"], "streams": row["streams"]}

@@ -1,0 +1,48 @@
+"""What `/health`, `/ollama/status` and the web UI's Status tab show: one service for all three."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from ollabridge import __version__
+
+
+class StatusViews:
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway
+        self.started_at = time.time()
+
+    def relay(self) -> dict[str, Any]:
+        return self.gateway.hub.stats()
+
+    async def health(self) -> dict[str, Any]:
+        """ok or degraded, each backend with its models, the engine, the relay and the pulls."""
+        gw = self.gateway
+        backends = gw.router.backends
+        checks = await asyncio.gather(*(b.health() for b in backends))
+        await gw.router.refresh()
+        # A backend that just came up (or went down) gets its model list now, not after the TTL.
+        changed = [b for b, check in zip(backends, checks) if check.ok != b.reachable]
+        await asyncio.gather(*(b.models(0) for b in changed))
+        entries = [{**backend.describe(), "healthy": check.ok, "detail": check.detail}
+                   for backend, check in zip(backends, checks)]
+        status = "ok" if entries and all(e["healthy"] for e in entries) else "degraded"
+        return {"status": status, "version": __version__, "uptime_s": round(time.time() - self.started_at, 1),
+                "engine": gw.engine.info(), "backends": entries, "relay": self.relay(),
+                "pulls": gw.puller.snapshot()}
+
+    async def status(self) -> dict[str, Any]:
+        """The gateway's Ollama (reachable, version, pulled and loaded models), engine, upstreams, nodes."""
+        gw = self.gateway
+        health, version, loaded = await asyncio.gather(gw.ollama.health(), gw.ollama.version(), gw.ollama.loaded())
+        models = await gw.ollama.models(gw.settings.models_ttl)
+        return {"ollama": {"reachable": health.ok, "url": gw.settings.ollama_base_url, "version": version,
+                           "detail": health.detail,
+                           "models": [m.get("name") for m in models],
+                           "loaded": [m.get("name") for m in loaded]},
+                "engine": gw.engine.info(),
+                "pulls": gw.puller.snapshot(),
+                "upstreams": [u.describe() for u in gw.upstreams],
+                "relay": {**self.relay(), "nodes": gw.hub.nodes_status()}}

@@ -1,0 +1,1 @@
+"""Persistent state: the store base (`sqlite`) that API keys and pairing both build on."""
