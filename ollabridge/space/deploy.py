@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_SOURCE = os.environ.get("OLLABRIDGE_SPACE_SOURCE", "ruslanmv/ollabridge")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (this file is ollabridge/space/deploy.py)
 # What the Space repository holds, as (path in this checkout, path in the Space repo).
 SPACE_FILES = [("space/README.md", "README.md"), ("space/Dockerfile", "Dockerfile"),
                ("space/GUIDE.md", "GUIDE.md"), ("app.py", "app.py"), ("start.sh", "start.sh"),

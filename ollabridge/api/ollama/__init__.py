@@ -1,2 +1,2 @@
-"""Ollama's native wire family: `protocol` (request models, checked then passed on as sent) and
-`routes` (`/ollama/api/...`)."""
+"""Ollama's native wire family: `protocol` (request models, checked then passed on as sent),
+`convert` (the little that is converted) and `routes` (`/ollama/api/...`)."""

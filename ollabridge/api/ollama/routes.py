@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ollabridge import __version__
+from ollabridge.api.ollama import convert
 from ollabridge.api.ollama.protocol import (NativeChatRequest, NativeEmbeddingsRequest, NativeEmbedRequest,
                                             NativeError, NativeShowRequest)
 from ollabridge.api.streaming import ndjson_stream, start
@@ -45,8 +46,7 @@ async def chat(body: NativeChatRequest, request: Request):
 @router.get("/tags")
 async def tags(request: Request):
     """Every model any backend serves, in Ollama's format."""
-    models = await _gateway(request).router.models()
-    return {"models": [{k: v for k, v in m.items() if k != "ollabridge"} for m in models]}
+    return convert.tags_response(await _gateway(request).router.models())
 
 
 @router.post("/embed", responses=_ERRORS)

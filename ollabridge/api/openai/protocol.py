@@ -93,31 +93,46 @@ class EmbeddingRequest(_Open):
 
 
 # -- responses ------------------------------------------------------------------------
-class Usage(BaseModel):
+# What the gateway really answers: tests/test_openai_protocol.py validates real answers against these,
+# and they forbid fields they do not declare, so an undocumented field fails that test.
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Usage(_Answer):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
 
 
-class ResponseToolCall(BaseModel):
+class ResponseFunction(_Answer):
+    name: str
+    arguments: str = Field(..., description="The arguments as a JSON text")
+
+
+class ResponseToolCall(_Answer):
     id: str
     type: Literal["function"] = "function"
-    function: FunctionCall
+    function: ResponseFunction
 
 
-class ResponseMessage(BaseModel):
+class ChunkToolCall(ResponseToolCall):
+    index: int
+
+
+class ResponseMessage(_Answer):
     role: Literal["assistant"] = "assistant"
     content: Optional[str] = None
     tool_calls: Optional[list[ResponseToolCall]] = None
 
 
-class Choice(BaseModel):
+class Choice(_Answer):
     index: int = 0
     message: ResponseMessage
     finish_reason: Optional[str] = None
 
 
-class ChatCompletion(BaseModel):
+class ChatCompletion(_Answer):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
@@ -127,19 +142,19 @@ class ChatCompletion(BaseModel):
     system_fingerprint: Optional[str] = None
 
 
-class ChunkDelta(BaseModel):
+class ChunkDelta(_Answer):
     role: Optional[str] = None
     content: Optional[str] = None
-    tool_calls: Optional[list[dict[str, Any]]] = None
+    tool_calls: Optional[list[ChunkToolCall]] = None
 
 
-class ChunkChoice(BaseModel):
+class ChunkChoice(_Answer):
     index: int = 0
     delta: ChunkDelta
     finish_reason: Optional[str] = None
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(_Answer):
     """One SSE `data:` event of a streamed chat completion."""
 
     id: str
@@ -150,42 +165,43 @@ class ChatCompletionChunk(BaseModel):
     usage: Optional[Usage] = None
 
 
-class ModelCard(BaseModel):
+class ModelCard(_Answer):
     id: str
     object: Literal["model"] = "model"
     created: int
-    owned_by: str
+    owned_by: str = Field(..., description="ollama, upstream, node or inbox: which kind of backend serves it")
+    notice: Optional[str] = Field(None, description="e.g. the in-box engine's 'base model' notice")
 
 
-class ModelList(BaseModel):
+class ModelList(_Answer):
     object: Literal["list"] = "list"
     data: list[ModelCard]
 
 
-class Embedding(BaseModel):
+class Embedding(_Answer):
     object: Literal["embedding"] = "embedding"
     index: int
     embedding: Union[list[float], str]
 
 
-class EmbeddingUsage(BaseModel):
+class EmbeddingUsage(_Answer):
     prompt_tokens: int = 0
     total_tokens: int = 0
 
 
-class EmbeddingResponse(BaseModel):
+class EmbeddingResponse(_Answer):
     object: Literal["list"] = "list"
     data: list[Embedding]
     model: str
     usage: EmbeddingUsage
 
 
-class ErrorDetail(BaseModel):
+class ErrorDetail(_Answer):
     message: str
     type: str
     param: Optional[str] = None
     code: Optional[str] = None
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(_Answer):
     error: ErrorDetail
