@@ -23,15 +23,13 @@ from typing import Any, AsyncIterator
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from ollabridge.api.errors import render_gateway_error, sse_error_event
-from ollabridge.api.openai.convert import StreamTranslator
-from ollabridge.api.streaming import DONE, sse_stream, start
+from ollabridge.api.errors import render_gateway_error
+from ollabridge.api.streaming import SSEEncoder, sse_stream, start
 from ollabridge.asgi import until_disconnect
 from ollabridge.errors import GatewayError
 
 log = logging.getLogger("ollabridge")
 
-KEEPALIVE = b": keep-alive\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -41,14 +39,16 @@ async def _nothing() -> AsyncIterator[bytes]:
 
 
 class SSEResponse(StreamingResponse):
-    """`chat.completion.chunk` events from a router stream, with keep-alive comments every `interval`
-    seconds of silence (0: none)."""
+    """A router stream as the events of one wire family (`encoder`), with a keep-alive every
+    `interval` seconds of silence (0: none)."""
 
-    def __init__(self, stream: AsyncIterator[dict[str, Any]], translator: StreamTranslator, interval: float,
+    def __init__(self, stream: AsyncIterator[dict[str, Any]], encoder: SSEEncoder, interval: float,
                  path: str, ctx: Any = None) -> None:
         super().__init__(_nothing(), media_type="text/event-stream", headers=SSE_HEADERS)
         self.stream = stream
-        self.translator = translator
+        self.encoder = encoder
+        if ctx is not None:
+            ctx.encoder = encoder  # the edge ends an aborted stream with this family's error event
         self.interval = interval
         self.path = path
         self.ctx = ctx
@@ -79,7 +79,7 @@ class SSEResponse(StreamingResponse):
             if not self._started:
                 self._started = True
                 await self._send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            await self._send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+            await self._send({"type": "http.response.body", "body": self.encoder.keepalive, "more_body": True})
         except Exception:  # noqa: BLE001 - the client went away; the main loop notices on its next send
             pass
 
@@ -143,7 +143,7 @@ class SSEResponse(StreamingResponse):
                 return
             if self.ctx is not None:
                 self.ctx.first_at = loop.time()
-            async for piece in sse_stream(first, self.stream, self.translator):
+            async for piece in sse_stream(first, self.stream, self.encoder):
                 await self._out(piece)
             await self._out(b"", more=False)
         finally:
@@ -164,4 +164,4 @@ class SSEResponse(StreamingResponse):
                               "headers": response.raw_headers})
             await self._send({"type": "http.response.body", "body": response.body})
             return
-        await self._out(sse_error_event(exc.message, exc.type, exc.code) + DONE, more=False)
+        await self._out(self.encoder.error(exc), more=False)

@@ -1,4 +1,4 @@
-"""Write a router stream to the wire: SSE for OpenAI clients, NDJSON for Ollama ones.
+"""Write a router stream to the wire: SSE (each wire family's `SSEEncoder`) or NDJSON (Ollama).
 
 Both start from the first chunk already in hand (so errors before it become a proper HTTP
 status) and end a failed stream with an error event the client can read, never a silent cut.
@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, AsyncIterator
 
-from ollabridge.api.errors import ndjson_error_line, sse_error_event
-from ollabridge.api.openai.convert import StreamTranslator
+from ollabridge.api.errors import ndjson_error_line
 from ollabridge.errors import GatewayError
 from ollabridge.jsonwire import dumps
 
@@ -19,11 +18,38 @@ log = logging.getLogger("ollabridge")
 DONE = b"data: [DONE]\n\n"
 
 
-def _sse(obj: dict[str, Any]) -> bytes:
+def sse_data(obj: dict[str, Any]) -> bytes:
+    """One SSE event with only a `data:` line (OpenAI's chat and completions streams)."""
     return b"data: " + dumps(obj) + b"\n\n"
 
 
-def _failure(exc: Exception) -> GatewayError:
+def sse_event(name: str, obj: dict[str, Any]) -> bytes:
+    """One named SSE event (`event:` and `data:` lines: Anthropic's and the Responses API's streams)."""
+    return b"event: " + name.encode() + b"\ndata: " + dumps(obj) + b"\n\n"
+
+
+class SSEEncoder:
+    """How one wire family writes the canonical stream (Ollama chunk objects) as SSE events.
+
+    `encode(chunk)` gives the bytes for one chunk (zero or more events), `end()` what follows the
+    last one, `error(err)` what ends a stream that fails after it began (terminator included), and
+    `keepalive` what is sent after a silence (an SSE comment, which every client skips).
+    """
+
+    keepalive = b": keep-alive\n\n"
+
+    def encode(self, chunk: dict[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    def end(self) -> bytes:
+        return b""
+
+    def error(self, err: GatewayError) -> bytes:
+        raise NotImplementedError
+
+
+def failure(exc: BaseException) -> GatewayError:
+    """Any exception as the GatewayError a client is told (unexpected ones are logged)."""
     if isinstance(exc, GatewayError):
         return exc
     log.exception("stream failed")
@@ -31,21 +57,23 @@ def _failure(exc: Exception) -> GatewayError:
 
 
 async def sse_stream(first: dict[str, Any], rest: AsyncIterator[dict[str, Any]],
-                     translator: StreamTranslator) -> AsyncIterator[bytes]:
-    """OpenAI `chat.completion.chunk` events, then `[DONE]`."""
+                     encoder: SSEEncoder) -> AsyncIterator[bytes]:
+    """The encoder's events for every chunk, then its end; a failure becomes its error event."""
     try:
-        for event in translator.translate(first):
-            yield _sse(event)
+        piece = encoder.encode(first)
+        if piece:
+            yield piece
         if not first.get("done"):
             async for chunk in rest:
-                for event in translator.translate(chunk):
-                    yield _sse(event)
+                piece = encoder.encode(chunk)
+                if piece:
+                    yield piece
     except Exception as exc:  # noqa: BLE001 - every failure becomes an event the client sees
-        err = _failure(exc)
-        yield sse_error_event(err.message, err.type, err.code)
+        yield encoder.error(failure(exc))
+        return
     finally:
         await rest.aclose()
-    yield DONE
+    yield encoder.end()
 
 
 async def ndjson_stream(first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
@@ -56,7 +84,7 @@ async def ndjson_stream(first: dict[str, Any], rest: AsyncIterator[dict[str, Any
             async for chunk in rest:
                 yield dumps(chunk) + b"\n"
     except Exception as exc:  # noqa: BLE001
-        yield ndjson_error_line(_failure(exc).message)
+        yield ndjson_error_line(failure(exc).message)
     finally:
         await rest.aclose()
 

@@ -16,7 +16,7 @@ class RequestContext:
 
     __slots__ = ("id", "method", "path", "started", "client", "key", "ident", "model", "served", "status",
                  "content_type", "first_at", "task", "abort_reason", "abort_status", "abort_message",
-                 "response_started", "prompt", "completion", "held", "timer")
+                 "response_started", "prompt", "completion", "held", "timer", "encoder")
 
     def __init__(self, rid: str, method: str, path: str, started: float) -> None:
         self.id = rid
@@ -40,6 +40,7 @@ class RequestContext:
         self.completion: list[str] | None = None
         self.held = False
         self.timer: asyncio.TimerHandle | None = None
+        self.encoder: Any = None  # an SSE stream's SSEEncoder: its error event ends an aborted stream
 
     def abort(self, reason: str, status: int, message: str) -> None:
         """End this request now with an error (from the event loop)."""

@@ -22,10 +22,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ollabridge.api.errors import ndjson_error_line, render, sse_error_event
+from ollabridge.api.errors import ndjson_error_line, render
 from ollabridge.edge import access_log
 from ollabridge.edge.auth import api_key
 from ollabridge.edge.context import RequestContext
+from ollabridge.errors import GatewayError
 
 API_PREFIXES = ("/v1/", "/ollama/v1/", "/ollama/api/")
 # Requests that hold a backend while they run: these count against the in-flight limit.
@@ -219,8 +220,8 @@ class EdgeMiddleware:
                 ctx.status = ctx.abort_status
                 await response(scope, receive, send)
                 return
-            if ctx.content_type.startswith(b"text/event-stream"):
-                body = sse_error_event(message, "api_error", ctx.abort_reason) + b"data: [DONE]\n\n"
+            if ctx.encoder is not None:
+                body = ctx.encoder.error(GatewayError(message, status=ctx.abort_status, code=ctx.abort_reason))
             elif ctx.content_type.startswith(b"application/x-ndjson"):
                 body = ndjson_error_line(message)
             else:

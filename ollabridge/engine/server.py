@@ -220,6 +220,17 @@ def create_app(model: ModelFile | str = "", *, cache_dir: Path | None = None, n_
             return JSONResponse(body)
         return StreamingResponse(iter([shapes.ndjson(body)]), media_type=NDJSON)
 
+    async def run(request: Request, req: Any, build_prompt: Any, *, chat: bool, started: int) -> Any:
+        """Render the prompt and sampling of a chat or generate request, then answer it (400 on bad options)."""
+        r = served()
+        try:
+            prompt = build_prompt(r)
+            sampling, grammar = sampling_from_options(req.options), grammar_for_format(req.format)
+        except ValueError as exc:
+            return _err(400, str(exc))
+        job = r.new_job()
+        return await respond(request, req, job, r.generate(job, prompt, sampling, grammar), chat=chat, started=started)
+
     @app.post("/api/chat")
     async def chat(req: ChatRequest, request: Request) -> Any:
         started = time.perf_counter_ns()
@@ -227,15 +238,8 @@ def create_app(model: ModelFile | str = "", *, cache_dir: Path | None = None, n_
             return problem
         if not req.messages:
             return load_reply(req, chat=True)
-        r = served()
-        try:
-            prompt = r.chat_prompt([m.model_dump() for m in req.messages], req.tools)
-            sampling, grammar = sampling_from_options(req.options), grammar_for_format(req.format)
-        except ValueError as exc:
-            return _err(400, str(exc))
-        job = r.new_job()
-        return await respond(request, req, job, r.generate(job, prompt, sampling, grammar),
-                             chat=True, started=started)
+        return await run(request, req, lambda r: r.chat_prompt([m.model_dump() for m in req.messages], req.tools),
+                         chat=True, started=started)
 
     @app.post("/api/generate")
     async def generate(req: GenerateRequest, request: Request) -> Any:
@@ -244,15 +248,8 @@ def create_app(model: ModelFile | str = "", *, cache_dir: Path | None = None, n_
             return problem
         if not req.prompt and not req.context:
             return load_reply(req, chat=False)
-        r = served()
-        try:
-            prompt = r.generate_prompt(req.prompt or "", req.system, req.raw, req.context)
-            sampling, grammar = sampling_from_options(req.options), grammar_for_format(req.format)
-        except ValueError as exc:
-            return _err(400, str(exc))
-        job = r.new_job()
-        return await respond(request, req, job, r.generate(job, prompt, sampling, grammar),
-                             chat=False, started=started)
+        return await run(request, req, lambda r: r.generate_prompt(req.prompt or "", req.system, req.raw, req.context),
+                         chat=False, started=started)
 
     @app.post("/api/embed")
     async def embed(req: EmbedRequest) -> Any:

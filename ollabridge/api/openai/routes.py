@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ollabridge.api.openai import convert
+from ollabridge.api.openai.sse import ChatSSE
 from ollabridge.api.sse_response import SSEResponse
 from ollabridge.api.openai.protocol import (ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
                                             EmbeddingRequest, EmbeddingResponse, ErrorResponse, ModelList)
@@ -38,9 +39,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         stream = edge.with_content(request, payload, stream)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        translator = convert.StreamTranslator(model, include_usage)
+        encoder = ChatSSE(convert.StreamTranslator(model, include_usage))
         # The first chunk is awaited inside, with keep-alives meanwhile (OLLABRIDGE_KEEPALIVE; 0: none).
-        return SSEResponse(stream, translator, gateway.settings.keepalive_s, request.url.path,
+        return SSEResponse(stream, encoder, gateway.settings.keepalive_s, request.url.path,
                            edge.context(request))
     first = await start(stream)
     chunks = [first]
