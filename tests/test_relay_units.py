@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from ollabridge.relay import protocol as p
-from ollabridge.relay.agent import Credentials, big, cloud_http, relay_url
+from ollabridge.node.agent import Credentials, big, cloud_http, relay_url
 from ollabridge.relay.hub import RelayHub
 
 
@@ -107,7 +107,7 @@ async def test_kick_from_another_thread_runs_on_the_loop() -> None:
 
 
 async def test_agent_refuses_past_its_slots(tmp_path) -> None:
-    from ollabridge.relay.agent import NodeAgent
+    from ollabridge.node.agent import NodeAgent
 
     agent = NodeAgent("http://127.0.0.1:9", "http://127.0.0.1:9", "n", 1, tmp_path / "c.json")
     busy = asyncio.create_task(asyncio.Event().wait())

@@ -1,0 +1,8 @@
+"""The node agent: pairs a GPU machine with a gateway by code, then serves it over the relay.
+
+It runs where only the stdlib, httpx and websockets are installed (a Colab node, a gaming PC),
+so nothing here imports the gateway's side (FastAPI, pydantic, orjson, gradio). The relay
+protocol both ends speak is `ollabridge.relay.protocol`.
+
+- `agent.py`: `NodeAgent` and what `python -m ollabridge node` runs.
+"""
