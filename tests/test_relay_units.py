@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from ollabridge.relay import protocol as p
-from ollabridge.node.agent import Credentials, big, cloud_http, relay_url
+from ollabridge.node.banner import big
+from ollabridge.node.credentials import Credentials, cloud_http, relay_url
 from ollabridge.relay.hub import RelayHub
 
 

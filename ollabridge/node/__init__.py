@@ -5,4 +5,6 @@ so nothing here imports the gateway's side (FastAPI, pydantic, orjson, gradio). 
 protocol both ends speak is `ollabridge.relay.protocol`.
 
 - `agent.py`: `NodeAgent` and what `python -m ollabridge node` runs.
+- `credentials.py`: the gateway's URLs (`cloud_http`, `relay_url`) and the saved credential file.
+- `banner.py`: what the user sees: the pairing code in big letters (`big`), plain lines (`say`).
 """

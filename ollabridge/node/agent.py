@@ -29,6 +29,8 @@ import httpx
 from ollabridge import __version__
 from ollabridge.backends import http1
 from ollabridge.errors import ollama_error_message
+from ollabridge.node.banner import big, say
+from ollabridge.node.credentials import Credentials, cloud_http, default_credentials, relay_url
 from ollabridge.relay import protocol as p
 
 log = logging.getLogger("ollabridge.node")
@@ -41,96 +43,6 @@ BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
 EXIT_REVOKED = 3
 EXIT_DENIED = 4
 EXIT_UNSUPPORTED = 5
-
-
-# -- URLs and the saved credential -------------------------------------------------------------
-def cloud_http(url: str) -> str:
-    """`https://x.hf.space/`, `wss://x.hf.space` or `x.hf.space` -> `https://x.hf.space`."""
-    url = url.strip().rstrip("/")
-    if url.startswith("wss://"):
-        url = "https://" + url[6:]
-    elif url.startswith("ws://"):
-        url = "http://" + url[5:]
-    elif "://" not in url:
-        url = "https://" + url
-    for suffix in ("/relay/connect", "/ollama/v1", "/ollama"):
-        if url.endswith(suffix):
-            url = url[: -len(suffix)]
-    return url
-
-
-def relay_url(cloud: str) -> str:
-    base = cloud_http(cloud)
-    return ("wss://" + base[8:] if base.startswith("https://") else "ws://" + base[7:]) + "/relay/connect"
-
-
-def default_credentials() -> Path:
-    env = os.environ.get("OLLABRIDGE_NODE_CREDENTIALS")
-    if env:
-        return Path(env)
-    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return base / "ollabridge" / "node-credentials.json"
-
-
-class Credentials:
-    """`{cloud: {node_id, node_token, relay_url, name, saved_at}}` in one JSON file, mode 0600."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def _all(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text())
-            return data if isinstance(data, dict) else {}
-        except (FileNotFoundError, ValueError):
-            return {}
-
-    def get(self, cloud: str) -> dict[str, Any] | None:
-        entry = self._all().get(cloud_http(cloud))
-        return entry if isinstance(entry, dict) and entry.get("node_token") else None
-
-    def put(self, cloud: str, entry: dict[str, Any] | None) -> None:
-        data = self._all()
-        if entry is None:
-            data.pop(cloud_http(cloud), None)
-        else:
-            data[cloud_http(cloud)] = entry
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.chmod(self.path.parent, 0o700)
-        except OSError:
-            pass
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
-
-
-# -- the big code --------------------------------------------------------------------------------
-_GLYPHS = {
-    "B": ["████ ", "█   █", "████ ", "█   █", "████ "], "C": [" ████", "█    ", "█    ", "█    ", " ████"],
-    "D": ["████ ", "█   █", "█   █", "█   █", "████ "], "F": ["█████", "█    ", "████ ", "█    ", "█    "],
-    "G": [" ████", "█    ", "█  ██", "█   █", " ████"], "H": ["█   █", "█   █", "█████", "█   █", "█   █"],
-    "J": ["  ███", "    █", "    █", "█   █", " ███ "], "K": ["█   █", "█  █ ", "███  ", "█  █ ", "█   █"],
-    "L": ["█    ", "█    ", "█    ", "█    ", "█████"], "M": ["█   █", "██ ██", "█ █ █", "█   █", "█   █"],
-    "N": ["█   █", "██  █", "█ █ █", "█  ██", "█   █"], "P": ["████ ", "█   █", "████ ", "█    ", "█    "],
-    "Q": [" ███ ", "█   █", "█ █ █", "█  █ ", " ██ █"], "R": ["████ ", "█   █", "████ ", "█  █ ", "█   █"],
-    "S": [" ████", "█    ", " ███ ", "    █", "████ "], "T": ["█████", "  █  ", "  █  ", "  █  ", "  █  "],
-    "V": ["█   █", "█   █", "█   █", " █ █ ", "  █  "], "W": ["█   █", "█   █", "█ █ █", "██ ██", "█   █"],
-    "X": ["█   █", " █ █ ", "  █  ", " █ █ ", "█   █"], "Z": ["█████", "   █ ", "  █  ", " █   ", "█████"],
-    "-": ["     ", "     ", " ███ ", "     ", "     "],
-}
-
-
-def big(text: str) -> str:
-    rows = ["  ".join(_GLYPHS.get(ch, ["     "] * 5)[r] for ch in text.upper()) for r in range(5)]
-    return "\n".join("    " + row for row in rows)
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
 
 
 # -- the agent -----------------------------------------------------------------------------------
