@@ -6,5 +6,6 @@ protocol both ends speak is `ollabridge.relay.protocol`.
 
 - `agent.py`: `NodeAgent` and what `python -m ollabridge node` runs.
 - `credentials.py`: the gateway's URLs (`cloud_http`, `relay_url`) and the saved credential file.
+- `gpu.py`: the GPU's name and memory, from nvidia-smi.
 - `banner.py`: what the user sees: the pairing code in big letters (`big`), plain lines (`say`).
 """

@@ -17,7 +17,6 @@ import logging
 import os
 import platform
 import random
-import shutil
 import socket
 import sys
 import time
@@ -29,6 +28,7 @@ import httpx
 from ollabridge import __version__
 from ollabridge.backends import http1
 from ollabridge.errors import ollama_error_message
+from ollabridge.node import gpu
 from ollabridge.node.banner import big, say
 from ollabridge.node.credentials import Credentials, cloud_http, default_credentials, relay_url
 from ollabridge.relay import protocol as p
@@ -100,7 +100,7 @@ class NodeAgent:
 
     # -- life ------------------------------------------------------------------------------------
     async def run(self) -> int:
-        await self._detect_gpu()
+        self.gpu, self.vram_mb = await gpu.detect()
         try:
             attempt = 0
             while True:
@@ -397,20 +397,6 @@ class NodeAgent:
 
     def _capabilities(self) -> dict[str, Any]:
         return {"gpu": self.gpu, "vram_mb": self.vram_mb, "slots": self.slots, "ops": list(p.OPS), "goaway": True}
-
-    async def _detect_gpu(self) -> None:
-        if not shutil.which("nvidia-smi"):
-            return
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                "nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-            out, _ = await asyncio.wait_for(proc.communicate(), 5)
-            first = out.decode().strip().splitlines()[0]
-            name, _, mem = first.partition(",")
-            self.gpu, self.vram_mb = name.strip() or None, int(float(mem.strip())) if mem.strip() else None
-        except Exception:  # noqa: BLE001 - no GPU info is fine
-            pass
 
 
 def _signature(models: list[dict[str, Any]]) -> list[tuple[str, str]]:
