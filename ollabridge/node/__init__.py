@@ -6,6 +6,12 @@ protocol both ends speak is `ollabridge.relay.protocol`.
 
 - `agent.py`: `NodeAgent` and what `python -m ollabridge node` runs.
 - `credentials.py`: the gateway's URLs (`cloud_http`, `relay_url`) and the saved credential file.
+- `ollama.py`: this machine's Ollama (`LocalOllama`): the client, the lean pool, the model list.
+- `serving.py`: serving `req` frames from it (`Requests`): slots, credit, chat streams, cancel.
 - `gpu.py`: the GPU's name and memory, from nvidia-smi.
 - `banner.py`: what the user sees: the pairing code in big letters (`big`), plain lines (`say`).
 """
+
+from ollabridge import __version__
+
+AGENT = f"ollabridge-node/{__version__}"  # how the node names itself to the gateway and to its Ollama

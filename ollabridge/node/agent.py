@@ -12,7 +12,6 @@ credit), reports model list changes, and stops with a plain message when revoked
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import platform
@@ -26,18 +25,15 @@ from typing import Any
 import httpx
 
 from ollabridge import __version__
-from ollabridge.backends import http1
-from ollabridge.errors import ollama_error_message
-from ollabridge.node import gpu
+from ollabridge.node import AGENT, gpu
 from ollabridge.node.banner import big, say
 from ollabridge.node.credentials import Credentials, cloud_http, default_credentials, relay_url
+from ollabridge.node.ollama import LocalOllama
+from ollabridge.node.serving import Requests
 from ollabridge.relay import protocol as p
 
 log = logging.getLogger("ollabridge.node")
 
-AGENT = f"ollabridge-node/{__version__}"
-OLLAMA_PATHS = {"embed": "/api/embed", "embeddings": "/api/embeddings", "show": "/api/show"}
-_FOREVER = 86400.0  # the local Ollama may think as long as it likes; the gateway has the timeouts
 BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
 
 EXIT_REVOKED = 3
@@ -46,27 +42,6 @@ EXIT_UNSUPPORTED = 5
 
 
 # -- the agent -----------------------------------------------------------------------------------
-class _Credit:
-    """How many more `res` frames of one request the gateway will take (None: no limit)."""
-
-    def __init__(self, n: int | None) -> None:
-        self.n = n
-        self.more = asyncio.Event()
-
-    async def take(self) -> None:
-        if self.n is None:
-            return
-        while self.n <= 0:
-            self.more.clear()
-            await self.more.wait()
-        self.n -= 1
-
-    def give(self, k: int) -> None:
-        if self.n is not None:
-            self.n += k
-            self.more.set()
-
-
 class Stop(Exception):
     """The agent must stop (revoked, denied, unsupported); `code` is the process exit status."""
 
@@ -79,22 +54,14 @@ class NodeAgent:
     def __init__(self, cloud: str, ollama: str, name: str, slots: int, credentials: Path,
                  models_interval: float = 10.0) -> None:
         self.cloud = cloud_http(cloud)
-        self.ollama = ollama.rstrip("/")
+        self.ollama = LocalOllama(ollama)
         self.name = name
         self.slots = slots
         self.credentials = Credentials(credentials)
         self.models_interval = models_interval
-        self.http = httpx.AsyncClient(base_url=self.ollama, timeout=httpx.Timeout(10.0, read=None),
-                                      limits=httpx.Limits(max_connections=None))
-        # Chat streams on the lean keep-alive pool when the local Ollama is plain http (the usual).
-        self.pool = (http1.Http1Pool(self.ollama, connect_timeout=10.0, user_agent=AGENT)
-                     if http1.direct_http(self.ollama) else None)
         self.gpu: str | None = None
         self.vram_mb: int | None = None
-        self._active: dict[str, tuple[asyncio.Task, _Credit]] = {}
         self._out: asyncio.Queue[str] = asyncio.Queue()
-        self._window: int | None = None
-        self._max_frame = p.DEFAULT_MAX_FRAME
         self._models_sig: list[tuple[str, str]] = []
         self._goaway = False
 
@@ -138,14 +105,12 @@ class NodeAgent:
             say(str(stop))
             return stop.code
         finally:
-            if self.pool is not None:
-                self.pool.close()
-            await self.http.aclose()
+            await self.ollama.close()
 
     # -- pairing ---------------------------------------------------------------------------------
     async def pair(self) -> dict[str, Any]:
         """Run the device flow until the owner approves; returns the credential to save."""
-        models = await self.local_models()
+        models = await self.ollama.models()
         offer = {"name": self.name, "agent": AGENT, "models": [m["name"] for m in models],
                  "capabilities": self._capabilities()}
         failures = 0
@@ -214,11 +179,12 @@ class NodeAgent:
 
         url = relay_url(self.cloud)
         welcomed = False
+        requests: Requests | None = None
         try:
             async with connect(url, additional_headers={"Authorization": f"Bearer {cred['node_token']}"},
                                user_agent_header=AGENT, max_size=64 * 1024 * 1024, ping_interval=None,
                                open_timeout=15, close_timeout=2) as ws:
-                models = await self.local_models()
+                models = await self.ollama.models()
                 self._models_sig = _signature(models)
                 await ws.send(p.encode({"type": "hello", "protocol": p.PROTOCOL, "name": self.name, "agent": AGENT,
                                        "models": models, "capabilities": self._capabilities()}))
@@ -232,12 +198,13 @@ class NodeAgent:
                 welcomed = True
                 beat = float(welcome.get("heartbeat_s") or 10)
                 window = welcome.get("window")
-                self._window = window if isinstance(window, int) and window > 0 else None
-                self._max_frame = int(welcome.get("max_frame") or p.DEFAULT_MAX_FRAME)
                 self._out = asyncio.Queue()
+                requests = Requests(self.ollama, self.slots, self._out,
+                                    window if isinstance(window, int) and window > 0 else None,
+                                    int(welcome.get("max_frame") or p.DEFAULT_MAX_FRAME))
                 say(f"Connected to {self.cloud} as {welcome.get('node_id')} ({self.name}): "
                     f"{self.slots} slots, models: {', '.join(m['name'] for m in models) or 'none yet'}")
-                await self._serve(ws, beat)
+                await self._serve(ws, beat, requests)
                 await ws.close()
                 return True, ws.close_code, ws.close_reason or ""
         except ConnectionClosed as exc:
@@ -251,9 +218,10 @@ class NodeAgent:
         except p.ProtocolError as exc:
             return welcomed, None, f"protocol error: {exc}"
         finally:
-            await self._cancel_all()
+            if requests is not None:
+                await requests.cancel_all()
 
-    async def _serve(self, ws: Any, beat: float) -> None:
+    async def _serve(self, ws: Any, beat: float, requests: Requests) -> None:
         last_rx = [time.monotonic()]
 
         async def reader() -> None:
@@ -262,21 +230,17 @@ class NodeAgent:
                 frame = p.check_cloud_frame(p.parse(raw, 64 * 1024 * 1024, p.CLOUD_TYPES))
                 kind = frame["type"]
                 if kind == "req":
-                    self._start(frame)
+                    requests.start(frame)
                 elif kind == "cancel":
-                    active = self._active.get(frame["id"])
-                    if active:
-                        active[0].cancel()
+                    requests.cancel(frame["id"])
                 elif kind == "credit":
-                    active = self._active.get(frame["id"])
-                    if active:
-                        active[1].give(frame["n"])
+                    requests.credit(frame["id"], frame["n"])
                 elif kind == "ping":
                     self._send({"type": "pong", "t": frame.get("t")})
                 elif kind == "goaway":
                     # The gateway is shutting down: it finishes what is in flight, then closes (1012).
                     self._goaway = True
-                    say(f"{self.cloud} is shutting down; finishing {len(self._active)} request(s), "
+                    say(f"{self.cloud} is shutting down; finishing {len(requests)} request(s), "
                         "then reconnecting")
 
         async def writer() -> None:
@@ -294,7 +258,7 @@ class NodeAgent:
         async def watch_models() -> None:
             while True:
                 await asyncio.sleep(self.models_interval)
-                models = await self.local_models()
+                models = await self.ollama.models()
                 signature = _signature(models)
                 if signature != self._models_sig:
                     self._models_sig = signature
@@ -315,86 +279,7 @@ class NodeAgent:
     def _send(self, frame: dict[str, Any]) -> None:
         self._out.put_nowait(p.encode(frame))
 
-    # -- requests --------------------------------------------------------------------------------
-    def _start(self, frame: dict[str, Any]) -> None:
-        rid = frame["id"]
-        if rid in self._active:
-            return
-        if len(self._active) >= self.slots:
-            self._send({"type": "res", "id": rid, "done": True,
-                        "error": {"status": 503, "message": f"node busy: all {self.slots} slots in use"}})
-            return
-        credit = _Credit(self._window)
-        task = asyncio.create_task(self._serve_request(rid, frame["op"], frame["body"], credit))
-        self._active[rid] = (task, credit)
-
-    async def _serve_request(self, rid: str, op: str, body: dict[str, Any], credit: _Credit) -> None:
-        try:
-            if op == "chat":
-                await self._chat(rid, body, credit)
-            else:
-                response = await self.http.post(OLLAMA_PATHS[op], json=body)
-                if response.status_code >= 400:
-                    self._error(rid, response.status_code, ollama_error_message(response.content, response.status_code))
-                else:
-                    await credit.take()
-                    self._res(rid, response.json(), True)
-        except asyncio.CancelledError:
-            log.info("request %s cancelled by the gateway", rid)
-        except http1.READ_ERRORS as exc:
-            self._error(rid, 502, f"the node's Ollama at {self.ollama} failed: {exc!r}")
-        except Exception as exc:  # noqa: BLE001 - one request never takes the agent down
-            log.exception("request %s failed", rid)
-            self._error(rid, 500, f"node error: {type(exc).__name__}: {exc}")
-        finally:
-            self._active.pop(rid, None)
-
-    async def _chat(self, rid: str, body: dict[str, Any], credit: _Credit) -> None:
-        reply = await http1.post_stream(self.pool, self.http, "/api/chat", json.dumps(body).encode(), _FOREVER)
-        try:
-            if reply.status >= 400:
-                raw = await reply.read_all(30.0)
-                self._error(rid, reply.status, ollama_error_message(raw, reply.status))
-                return
-            async for line in http1.Lines(reply, _FOREVER, _FOREVER):
-                data = json.loads(line)
-                done = bool(data.get("done")) or "error" in data
-                await credit.take()
-                self._res(rid, data, done)
-                if done:
-                    await http1.drain(reply)
-                    return
-        finally:
-            await http1.close(reply)
-        self._error(rid, 502, "the node's Ollama ended the stream before it was done")
-
-    def _res(self, rid: str, data: dict[str, Any], done: bool) -> None:
-        text = p.encode({"type": "res", "id": rid, "data": data, "done": done})
-        if len(text.encode()) > self._max_frame:
-            self._error(rid, 413, f"response larger than the relay's frame limit ({self._max_frame} bytes)")
-        else:
-            self._out.put_nowait(text)
-
-    def _error(self, rid: str, status: int, message: str) -> None:
-        self._send({"type": "res", "id": rid, "done": True, "error": {"status": status, "message": message}})
-
-    async def _cancel_all(self) -> None:
-        tasks = [task for task, _ in self._active.values()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._active.clear()
-
     # -- the local machine -----------------------------------------------------------------------
-    async def local_models(self) -> list[dict[str, Any]]:
-        try:
-            response = await self.http.get("/api/tags", timeout=5.0)
-            response.raise_for_status()
-            return [m for m in response.json().get("models") or [] if m.get("name") or m.get("model")]
-        except (httpx.HTTPError, ValueError) as exc:
-            log.warning("the local Ollama at %s does not answer (%s); offering no models for now", self.ollama, exc)
-            return []
-
     def _capabilities(self) -> dict[str, Any]:
         return {"gpu": self.gpu, "vram_mb": self.vram_mb, "slots": self.slots, "ops": list(p.OPS), "goaway": True}
 
@@ -429,7 +314,7 @@ def main(args: Any) -> int:
         return 2
     agent = NodeAgent(args.cloud, args.ollama, args.name, args.slots, args.credentials or default_credentials(),
                       models_interval=args.models_interval)
-    say(f"OllaBridge node agent {__version__} on {platform.node()}: cloud {agent.cloud}, Ollama {agent.ollama}")
+    say(f"OllaBridge node agent {__version__} on {platform.node()}: cloud {agent.cloud}, Ollama {agent.ollama.url}")
     try:
         return asyncio.run(agent.run())
     except KeyboardInterrupt:
