@@ -6,6 +6,8 @@ protocol both ends speak is `ollabridge.relay.protocol`.
 
 - `agent.py`: `NodeAgent` and what `python -m ollabridge node` runs.
 - `credentials.py`: the gateway's URLs (`cloud_http`, `relay_url`) and the saved credential file.
+- `session.py`: one WebSocket connection (`Session`): hello/welcome, reader, writer, heartbeat,
+  the model-list watch.
 - `ollama.py`: this machine's Ollama (`LocalOllama`): the client, the lean pool, the model list.
 - `serving.py`: serving `req` frames from it (`Requests`): slots, credit, chat streams, cancel.
 - `gpu.py`: the GPU's name and memory, from nvidia-smi.
