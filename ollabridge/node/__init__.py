@@ -6,6 +6,8 @@ protocol both ends speak is `ollabridge.relay.protocol`.
 
 - `agent.py`: `NodeAgent` and what `python -m ollabridge node` runs.
 - `credentials.py`: the gateway's URLs (`cloud_http`, `relay_url`) and the saved credential file.
+- `pairing.py`: pairing by code, the node's side of the device flow (`pair`; `Denied`).
+- `backoff.py`: how long to wait before trying the gateway again (1 s to 60 s, jittered).
 - `session.py`: one WebSocket connection (`Session`): hello/welcome, reader, writer, heartbeat,
   the model-list watch.
 - `ollama.py`: this machine's Ollama (`LocalOllama`): the client, the lean pool, the model list.

@@ -15,26 +15,18 @@ import asyncio
 import logging
 import os
 import platform
-import random
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from ollabridge import __version__
-from ollabridge.node import AGENT, gpu
-from ollabridge.node.banner import big, say
+from ollabridge.node import AGENT, backoff, gpu, pairing
+from ollabridge.node.banner import say
 from ollabridge.node.credentials import Credentials, cloud_http, default_credentials
 from ollabridge.node.ollama import LocalOllama
 from ollabridge.node.session import Session
 from ollabridge.relay import protocol as p
-
-log = logging.getLogger("ollabridge.node")
-
-BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
 
 EXIT_REVOKED = 3
 EXIT_DENIED = 4
@@ -92,8 +84,7 @@ class NodeAgent:
                     attempt = 0
                 if session.goaway or code == p.CLOSE_RESTARTING:
                     attempt = 0  # a planned restart: come back soon (the new instance answers in seconds)
-                delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** attempt)
-                delay = random.uniform(delay / 2, delay)
+                delay = backoff.delay(attempt)
                 attempt += 1
                 why = reason or p.CLOSE_REASONS.get(code or 0) or (f"close code {code}" if code else "unreachable")
                 say(f"Disconnected from {self.cloud} ({why}); "
@@ -105,69 +96,15 @@ class NodeAgent:
         finally:
             await self.ollama.close()
 
-    # -- pairing ---------------------------------------------------------------------------------
     async def pair(self) -> dict[str, Any]:
-        """Run the device flow until the owner approves; returns the credential to save."""
+        """Pair by code (the device flow) until the owner approves; returns the credential to save."""
         models = await self.ollama.models()
         offer = {"name": self.name, "agent": AGENT, "models": [m["name"] for m in models],
                  "capabilities": self._capabilities()}
-        failures = 0
-        async with httpx.AsyncClient(base_url=self.cloud, timeout=15.0) as client:
-            while True:
-                try:
-                    started = await client.post("/device/start", json=offer)
-                    if started.status_code == 429:
-                        wait = float(started.headers.get("Retry-After") or 30)
-                        say(f"{self.cloud} asks to wait {wait:g}s before pairing again.")
-                        await asyncio.sleep(wait)
-                        continue
-                    started.raise_for_status()
-                    flow = started.json()
-                except (httpx.HTTPError, ValueError) as exc:
-                    failures += 1
-                    delay = random.uniform(0.5, 1) * min(BACKOFF_MAX, BACKOFF_MIN * 2 ** failures)
-                    say(f"Could not reach {self.cloud} to pair ({exc}); retrying in {delay:.1f}s")
-                    await asyncio.sleep(delay)
-                    continue
-                self._show_code(flow)
-                cred = await self._wait_approval(client, flow)
-                if cred is not None:
-                    return {**cred, "name": self.name, "cloud": self.cloud, "saved_at": time.time()}
-                say("The code expired before it was approved; here is a new one.")
-
-    def _show_code(self, flow: dict[str, Any]) -> None:
-        code = flow["user_code"]
-        bar = "=" * 64
-        say(f"\n{bar}\n  Pair this machine ({self.name}) with {self.cloud}\n\n{big(code)}\n\n"
-            f"  Code: {code}\n  Approve it at:  {flow.get('verification_uri_complete') or flow['verification_uri']}\n"
-            f"  (Pair tab, signed in with the admin token), or with:\n"
-            f"    curl -X POST {self.cloud}/device/approve -H 'Authorization: Bearer <admin token>' \\\n"
-            f"         -H 'Content-Type: application/json' -d '{{\"user_code\": \"{code}\"}}'\n"
-            f"  The code expires in {int(flow.get('expires_in', 600)) // 60} minutes.\n{bar}\n")
-
-    async def _wait_approval(self, client: httpx.AsyncClient, flow: dict[str, Any]) -> dict[str, Any] | None:
-        interval = float(flow.get("interval") or 5)
-        deadline = time.monotonic() + float(flow.get("expires_in") or 600) + 5
-        while time.monotonic() < deadline:
-            await asyncio.sleep(interval)
-            try:
-                answer = await client.post("/device/token", json={"device_code": flow["device_code"]})
-                data = answer.json()
-            except (httpx.HTTPError, ValueError) as exc:
-                log.info("polling for approval failed (%s); trying again", exc)
-                continue
-            if answer.status_code == 200 and data.get("node_token"):
-                return data
-            error = data.get("error")
-            if error == "authorization_pending":
-                continue
-            if error == "slow_down":
-                interval += 5
-                continue
-            if error == "access_denied":
-                raise Stop(f"The owner of {self.cloud} denied this pairing request.", EXIT_DENIED)
-            return None  # expired_token, invalid_grant: start over with a new code
-        return None
+        try:
+            return await pairing.pair(self.cloud, self.name, offer)
+        except pairing.Denied as denied:
+            raise Stop(str(denied), EXIT_DENIED) from None
 
     # -- the local machine -----------------------------------------------------------------------
     def _capabilities(self) -> dict[str, Any]:
