@@ -4,7 +4,8 @@ It runs where only the stdlib, httpx and websockets are installed (a Colab node,
 so nothing here imports the gateway's side (FastAPI, pydantic, orjson, gradio). The relay
 protocol both ends speak is `ollabridge.relay.protocol`.
 
-- `agent.py`: `NodeAgent` and what `python -m ollabridge node` runs.
+- `cli.py`: `python -m ollabridge node`: its flags (`add_arguments`) and `main`.
+- `agent.py`: `NodeAgent.run`: pair, connect, reconnect with backoff; `Stop` and the exit codes.
 - `credentials.py`: the gateway's URLs (`cloud_http`, `relay_url`) and the saved credential file.
 - `pairing.py`: pairing by code, the node's side of the device flow (`pair`; `Denied`).
 - `backoff.py`: how long to wait before trying the gateway again (1 s to 60 s, jittered).

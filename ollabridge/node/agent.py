@@ -1,29 +1,23 @@
-"""The node agent: pairs a GPU machine with a gateway by code, then serves it over the relay.
+"""The node agent's life: pair once, then connect, serve, and reconnect until told to stop.
 
-    python -m ollabridge node --cloud https://<space>.hf.space [--ollama URL] [--name N] [--slots K]
-
-With no saved credential for that cloud it runs the device flow (prints the code, large, and
-the URL where the owner approves it), saves the credential (mode 0600), and connects. It
-reconnects with exponential backoff and jitter (1 s to 60 s), serves `req` frames from its
-local Ollama (streaming, honouring `cancel`, its slot count and the gateway's flow-control
-credit), reports model list changes, and stops with a plain message when revoked.
+`NodeAgent.run` probes the GPU, pairs by code when there is no saved credential for that cloud
+(saving it, mode 0600), and runs one `Session` after another, waiting between them with
+exponential backoff and jitter (1 s to 60 s; at once again after a `welcome` or a planned
+restart). It stops with a plain message and an exit status (`Stop`) when the node is revoked
+(EXIT_REVOKED, the credential deleted), pairing is denied (EXIT_DENIED) or the gateway speaks
+another protocol version (EXIT_UNSUPPORTED); a credential the gateway no longer knows means
+pairing again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
-import platform
-import socket
-import sys
 from pathlib import Path
 from typing import Any
 
-from ollabridge import __version__
 from ollabridge.node import AGENT, backoff, gpu, pairing
 from ollabridge.node.banner import say
-from ollabridge.node.credentials import Credentials, cloud_http, default_credentials
+from ollabridge.node.credentials import Credentials, cloud_http
 from ollabridge.node.ollama import LocalOllama
 from ollabridge.node.session import Session
 from ollabridge.relay import protocol as p
@@ -33,7 +27,6 @@ EXIT_DENIED = 4
 EXIT_UNSUPPORTED = 5
 
 
-# -- the agent -----------------------------------------------------------------------------------
 class Stop(Exception):
     """The agent must stop (revoked, denied, unsupported); `code` is the process exit status."""
 
@@ -43,6 +36,8 @@ class Stop(Exception):
 
 
 class NodeAgent:
+    """One machine's node: its gateway (`cloud`), its Ollama, its name and slot count, its credentials."""
+
     def __init__(self, cloud: str, ollama: str, name: str, slots: int, credentials: Path,
                  models_interval: float = 10.0) -> None:
         self.cloud = cloud_http(cloud)
@@ -54,7 +49,6 @@ class NodeAgent:
         self.gpu: str | None = None
         self.vram_mb: int | None = None
 
-    # -- life ------------------------------------------------------------------------------------
     async def run(self) -> int:
         self.gpu, self.vram_mb = await gpu.detect()
         try:
@@ -106,40 +100,5 @@ class NodeAgent:
         except pairing.Denied as denied:
             raise Stop(str(denied), EXIT_DENIED) from None
 
-    # -- the local machine -----------------------------------------------------------------------
     def _capabilities(self) -> dict[str, Any]:
         return {"gpu": self.gpu, "vram_mb": self.vram_mb, "slots": self.slots, "ops": list(p.OPS), "goaway": True}
-
-
-# -- command line --------------------------------------------------------------------------------
-def add_arguments(parser: Any) -> None:
-    parser.add_argument("--cloud", required=True, help="the gateway, e.g. https://<space>.hf.space")
-    parser.add_argument("--ollama", default=os.environ.get("OLLAMA_BASE_URL", "http://127.0.0.1:11434"),
-                        help="this machine's Ollama (default: $OLLAMA_BASE_URL or http://127.0.0.1:11434)")
-    parser.add_argument("--name", default=os.environ.get("OLLABRIDGE_NODE_NAME") or socket.gethostname()[:64],
-                        help="the name the owner sees (default: the host name)")
-    parser.add_argument("--slots", type=int, default=int(os.environ.get("OLLABRIDGE_NODE_SLOTS", "4")),
-                        help="requests served at once (default 4)")
-    parser.add_argument("--credentials", type=Path, default=None,
-                        help="where credentials are saved (default: $OLLABRIDGE_NODE_CREDENTIALS or "
-                             "~/.config/ollabridge/node-credentials.json)")
-    parser.add_argument("--models-interval", type=float,
-                        default=float(os.environ.get("OLLABRIDGE_NODE_MODELS_INTERVAL", "10")),
-                        help="seconds between checks of the local model list (default 10)")
-
-
-def main(args: Any) -> int:
-    logging.basicConfig(level=os.environ.get("OLLABRIDGE_LOG_LEVEL", "info").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    if not 1 <= args.slots <= p.MAX_SLOTS:
-        say(f"--slots must be between 1 and {p.MAX_SLOTS}")
-        return 2
-    agent = NodeAgent(args.cloud, args.ollama, args.name, args.slots, args.credentials or default_credentials(),
-                      models_interval=args.models_interval)
-    say(f"OllaBridge node agent {__version__} on {platform.node()}: cloud {agent.cloud}, Ollama {agent.ollama.url}")
-    try:
-        return asyncio.run(agent.run())
-    except KeyboardInterrupt:
-        say("Stopped.")
-        return 130
