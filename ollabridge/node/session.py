@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from ollabridge.node import AGENT
@@ -24,18 +25,19 @@ from ollabridge.relay import protocol as p
 log = logging.getLogger("ollabridge.node")
 
 
+@dataclass(eq=False)
 class Session:
-    def __init__(self, cloud: str, name: str, slots: int, ollama: LocalOllama, capabilities: dict[str, Any],
-                 models_interval: float) -> None:
-        self.cloud = cloud
-        self.name = name
-        self.slots = slots
-        self.ollama = ollama
-        self.capabilities = capabilities
-        self.models_interval = models_interval
-        self.goaway = False  # the gateway said it is shutting down: a planned restart
-        self._out: asyncio.Queue[str] = asyncio.Queue()
-        self._models_sig: list[tuple[str, str]] = []
+    """What one connection needs (the agent's settings) and keeps; `run` it once."""
+
+    cloud: str
+    name: str
+    slots: int
+    ollama: LocalOllama
+    capabilities: dict[str, Any]
+    models_interval: float
+    goaway: bool = field(default=False, init=False)  # the gateway said it is shutting down: a planned restart
+    _out: asyncio.Queue[str] = field(default_factory=asyncio.Queue, init=False, repr=False)
+    _models_sig: list[tuple[str, str]] = field(default_factory=list, init=False, repr=False)
 
     async def run(self, token: str) -> tuple[bool, int | None, str]:
         """Connect, say hello, serve until the socket ends. Returns (welcomed, close code, reason)."""
