@@ -12,13 +12,13 @@ from typing import Any, Callable
 
 
 def _node_arguments(parser: argparse.ArgumentParser) -> None:
-    from ollabridge.relay.agent import add_arguments
+    from ollabridge.node.cli import add_arguments
 
     add_arguments(parser)
 
 
 def _node_main(args: argparse.Namespace) -> int:
-    from ollabridge.relay.agent import main
+    from ollabridge.node.cli import main
 
     return main(args)
 

@@ -9,8 +9,9 @@ import threading
 
 import pytest
 
+from ollabridge.node.banner import big
+from ollabridge.node.credentials import Credentials, cloud_http, relay_url
 from ollabridge.relay import protocol as p
-from ollabridge.relay.agent import Credentials, big, cloud_http, relay_url
 from ollabridge.relay.hub import RelayHub
 
 
@@ -106,14 +107,16 @@ async def test_kick_from_another_thread_runs_on_the_loop() -> None:
     assert stub.closed_with[2] is threading.main_thread() and "node_1" not in hub.nodes
 
 
-async def test_agent_refuses_past_its_slots(tmp_path) -> None:
-    from ollabridge.relay.agent import NodeAgent
+async def test_agent_refuses_past_its_slots() -> None:
+    from ollabridge.node.ollama import LocalOllama
+    from ollabridge.node.serving import Requests
 
-    agent = NodeAgent("http://127.0.0.1:9", "http://127.0.0.1:9", "n", 1, tmp_path / "c.json")
+    ollama = LocalOllama("http://127.0.0.1:9")
+    requests = Requests(ollama, 1, asyncio.Queue())
     busy = asyncio.create_task(asyncio.Event().wait())
-    agent._active["r1"] = (busy, None)  # type: ignore[assignment]
-    agent._start({"type": "req", "id": "r2", "op": "chat", "body": {}})
-    frame = json.loads(agent._out.get_nowait())
+    requests.active["r1"] = (busy, None)  # type: ignore[assignment]
+    requests.start({"type": "req", "id": "r2", "op": "chat", "body": {}})
+    frame = json.loads(requests.out.get_nowait())
     assert frame["id"] == "r2" and frame["done"] and frame["error"]["status"] == 503
     busy.cancel()
-    await agent.http.aclose()
+    await ollama.close()
