@@ -5,9 +5,10 @@
   NoBackend when none answers);
 - `slots`: leasing: the best free backend by priority then load, within its slots, and the
   bounded wait queue with its timeout, woken by `notify`;
-- serving (retries before the first chunk, token accounting) is still in `router`.
+- `serve`: serving: one retry loop for streaming chat and one-shot calls (another backend before
+  the first chunk reached the caller, never after), and the tokens each chat made.
 
-Imports go one way: pool <- slots <- router.
+Imports go one way: pool <- slots <- serve <- router.
 """
 
 from ollabridge.routing.router import Router
