@@ -10,20 +10,37 @@ from ollabridge.backends.base import Backend, BackendHealth
 from ollabridge.errors import BackendError, ModelNotFound, NoBackend
 from ollabridge.routing import Router
 
+TIMEOUT = 5.0  # seconds: a request that should be served long before this failed, not hung
+
 
 class Scripted(Backend):
-    """A backend in memory: serves its models, or fails the way a test says."""
+    """A backend in memory: serves its models, or fails the way a test says.
+
+    It tells a test what happened instead of making it poll: `starts` (a queue, maybe shared by
+    several backends) gets the backend's name when a chat starts on it; `refused` is set once the
+    router found it full.
+    """
 
     def __init__(self, name, models, *, priority=10, slots=None, fail_before=False, fail_after=False,
-                 gate: asyncio.Event | None = None):
+                 gate: asyncio.Event | None = None, starts: asyncio.Queue | None = None):
         super().__init__(name, slots)
         self.priority = priority
         self.model_names = models
-        self.fail_before, self.fail_after, self.gate = fail_before, fail_after, gate
+        self.fail_before, self.fail_after, self.gate, self.starts = fail_before, fail_after, gate, starts
         self.served = 0
+        self.refused = asyncio.Event()
+
+    @property
+    def available(self):
+        free = super().available
+        if not free:
+            self.refused.set()
+        return free
 
     async def chat(self, body):
         self.served += 1
+        if self.starts is not None:
+            self.starts.put_nowait(self.name)
         if self.fail_before:
             raise BackendError(f"{self.name} died", retryable=True, backend=self.name)
         if self.gate is not None:
@@ -46,8 +63,14 @@ class Scripted(Backend):
 
 async def _reply(router, model="a"):
     served = {}
-    chunks = [c async for c in router.chat({"model": model, "messages": []}, served)]
+    async with asyncio.timeout(TIMEOUT):
+        chunks = [c async for c in router.chat({"model": model, "messages": []}, served)]
     return chunks[0]["message"]["content"], served
+
+
+async def _started(starts, n):
+    """The names of the next `n` backends to start a chat, in order."""
+    return [await asyncio.wait_for(starts.get(), TIMEOUT) for _ in range(n)]
 
 
 async def test_only_backends_listing_the_model_serve_it():
@@ -75,17 +98,17 @@ async def test_bare_name_means_latest():
 
 
 async def test_gpu_node_priority_then_least_in_flight():
-    gate = asyncio.Event()
-    cpu, gpu1, gpu2 = Scripted("cpu", ["a"]), Scripted("gpu1", ["a"], priority=0, gate=gate), \
-        Scripted("gpu2", ["a"], priority=0, gate=gate)
+    gate, starts = asyncio.Event(), asyncio.Queue()
+    cpu, gpu1, gpu2 = Scripted("cpu", ["a"], starts=starts), \
+        Scripted("gpu1", ["a"], priority=0, gate=gate, starts=starts), \
+        Scripted("gpu2", ["a"], priority=0, gate=gate, starts=starts)
     router = Router()
     for b in (cpu, gpu1, gpu2):
         router.add(b)
     first = asyncio.create_task(_reply(router))
     second = asyncio.create_task(_reply(router))
-    while gpu1.stats.in_flight + gpu2.stats.in_flight < 2:
-        await asyncio.sleep(0)
-    assert (gpu1.stats.in_flight, gpu2.stats.in_flight) == (1, 1)
+    assert sorted(await _started(starts, 2)) == ["gpu1", "gpu2"]
+    assert (gpu1.stats.in_flight, gpu2.stats.in_flight, cpu.stats.in_flight) == (1, 1, 0)
     gate.set()
     assert {(await first)[0], (await second)[0]} == {"gpu1", "gpu2"}
     assert cpu.served == 0
@@ -106,40 +129,47 @@ async def test_failure_after_first_chunk_reaches_the_caller():
     router.add(Scripted("good", ["a"]))
     seen = []
     with pytest.raises(BackendError):
-        async for chunk in router.chat({"model": "a"}):
-            seen.append(chunk)
+        async with asyncio.timeout(TIMEOUT):
+            async for chunk in router.chat({"model": "a"}):
+                seen.append(chunk)
     assert len(seen) == 1  # never silently re-sent from the start elsewhere
 
 
 async def test_full_slots_wait_in_queue_then_serve():
-    gate = asyncio.Event()
-    node = Scripted("node", ["a"], slots=1, gate=gate)
+    gate, starts = asyncio.Event(), asyncio.Queue()
+    node = Scripted("node", ["a"], slots=1, gate=gate, starts=starts)
     router = Router(queue_timeout=30)
     router.add(node)
     first = asyncio.create_task(_reply(router))
+    assert await _started(starts, 1) == ["node"]
     second = asyncio.create_task(_reply(router))
-    while router.waiting < 1:
-        await asyncio.sleep(0)
-    assert node.stats.in_flight == 1
+    await asyncio.wait_for(node.refused.wait(), TIMEOUT)
+    assert (router.waiting, node.stats.in_flight, node.served) == (1, 1, 1)
     gate.set()
     assert [(await first)[0], (await second)[0]] == ["node", "node"]
+    assert (router.waiting, node.stats.in_flight, node.served) == (0, 0, 2)
 
 
 async def test_queue_full_or_wait_too_long_answers_503_with_retry_after():
-    gate = asyncio.Event()
+    gate, starts = asyncio.Event(), asyncio.Queue()
+    node = Scripted("node", ["a"], slots=1, gate=gate, starts=starts)
     router = Router(max_queue=1, queue_timeout=0.2)
-    router.add(Scripted("node", ["a"], slots=1, gate=gate))
+    router.add(node)
     holder = asyncio.create_task(_reply(router))
+    assert await _started(starts, 1) == ["node"]
     waiter = asyncio.create_task(_reply(router))
-    while router.waiting < 1:
-        await asyncio.sleep(0)
+    await asyncio.wait_for(node.refused.wait(), TIMEOUT)
+    assert router.waiting == 1
     with pytest.raises(NoBackend) as full:
         await _reply(router)
     assert full.value.status == 503 and full.value.headers["Retry-After"]
-    with pytest.raises(NoBackend):
+    assert "the queue is full" in full.value.message
+    with pytest.raises(NoBackend) as late:
         await waiter  # waited past queue_timeout
+    assert late.value.status == 503 and "stayed busy for 0.2s" in late.value.message
     gate.set()
-    await holder
+    assert (await holder)[0] == "node"
+    assert (router.waiting, node.served) == (0, 1)
 
 
 async def test_no_backend_up_is_503_not_404():

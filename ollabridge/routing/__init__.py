@@ -1,5 +1,15 @@
-"""Which backend serves a request: membership and model cache, slots and the queue, serving with
-retries before the first chunk."""
+"""Which backend serves a request. `Router` (router.py) is the facade the gateway uses; its parts:
+
+- `pool`: membership and the model cache: the backends, their model lists refreshed with a TTL,
+  the union of models, the default model, and which backends serve a model (ModelNotFound,
+  NoBackend when none answers);
+- `slots`: leasing: the best free backend by priority then load, within its slots, and the
+  bounded wait queue with its timeout, woken by `notify`;
+- `serve`: serving: one retry loop for streaming chat and one-shot calls (another backend before
+  the first chunk reached the caller, never after), and the tokens each chat made.
+
+Imports go one way: pool <- slots <- serve <- router.
+"""
 
 from ollabridge.routing.router import Router
 
