@@ -36,48 +36,16 @@ from typing import Any
 
 import httpx
 import psutil
-from run import free_port, log, write_markdown  # bench/run.py: the harness's own helpers
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-PY = sys.executable
+sys.path.insert(0, str(ROOT))  # run as `python bench/soak.py`: the repo root's harness/
+
+from harness.procs import free_port, start, stop, wait_http, wait_until  # noqa: E402
+from run import log, write_markdown  # noqa: E402 - bench/run.py: the benchmarks' report helpers
 ADMIN = "soak-admin-token"
 BEGIN, END = "<!-- soak:begin (written by bench/soak.py) -->", "<!-- soak:end -->"
 KINDS = ("sse", "whole", "ndjson", "native_whole")
-
-
-def start(args: list[str], logfile: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    full = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
-    with open(logfile, "ab") as out:
-        return subprocess.Popen([PY, *args], cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-
-
-def wait_until(check, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except (httpx.HTTPError, OSError, ValueError, KeyError):
-            value = None
-        if value:
-            return value
-        time.sleep(0.05)  # another process's state: nothing to await
-    raise TimeoutError(f"{what} not reached within {timeout}s")
 
 
 class Soak:
@@ -106,7 +74,7 @@ class Soak:
                       "--delay", str(self.args.delay), "--chunks", str(self.args.tokens)], self.logs / f"{name}.log")
         stack.callback(stop, proc)
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: httpx.get(f"{url}/api/version").status_code == 200, 30, f"{name} up")
+        wait_http(f"{url}/api/version", proc, 30, self.logs / f"{name}.log")
         return url
 
     def node(self, i: int) -> subprocess.Popen:
@@ -235,7 +203,7 @@ class Soak:
                    "OLLABRIDGE_MAX_QUEUE": "1000"}
             gateway = start(["app.py"], self.logs / "gateway.log", env)
             stack.callback(stop, gateway)
-            wait_until(lambda: httpx.get(f"{self.gw}/health").status_code == 200, 60, "gateway up")
+            wait_http(f"{self.gw}/health", gateway, 60, self.logs / "gateway.log")
             nodes: list[subprocess.Popen] = []
             for i in range(a.nodes):
                 self.pair(i)
