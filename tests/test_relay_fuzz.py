@@ -103,6 +103,9 @@ def shaped(fields: list[str], **inner) -> st.SearchStrategy:
         lambda d: st.dictionaries(keys, json_value, max_size=1).map(lambda extra: {**extra, **d}))
 
 
+COUNTS = ["eval_count", "prompt_eval_count", "eval_duration", "prompt_eval_duration", "total_duration",
+          "load_duration"]
+numbers = st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=False, allow_infinity=False), st.none())
 messages = shaped(MESSAGE_FIELDS, tool_calls=st.lists(shaped(["function", "id", "type", "index"], function=shaped(
     ["name", "arguments"])), max_size=2) | json_value)
 chunks = shaped(CHUNK_FIELDS, message=messages | json_value)  # an Ollama /api/chat object, every field fuzzed
@@ -143,9 +146,13 @@ hellos = st.fixed_dictionaries({"type": st.just("hello"), "protocol": ascii_prot
 scripts = st.fixed_dictionaries({
     "hello": st.sampled_from(["good", "good", "good", "good", "garbage", "none", "fuzzed"]),
     "fuzzed_hello": hellos.map(json.dumps),
-    # Served: the fuzz node first answers the request it got with these Ollama objects (the last one
-    # with done), every field fuzzed, then sends the frames.
+    # Served: the fuzz node first answers the request it got with these Ollama objects, every field
+    # fuzzed, then one with done whose counts are any numbers (test_a_non_numeric_eval_count_... pins
+    # what other values do), then sends the frames.
     "answer": st.lists(st.tuples(chunks, st.booleans()), max_size=3),
+    "final": st.tuples(chunks, st.fixed_dictionaries({
+        "message": messages | json_value, "done_reason": st.sampled_from(["stop", "length"]) | json_value,
+        **{f: numbers for f in COUNTS}})).map(lambda t: {**t[0], **t[1], "done": True}),
     "frames": st.lists(st.one_of(frames, floods), max_size=8),
     "serve": st.booleans(),  # a client asks the fuzz node for a chat; it answers with the frames, on that id
     "client": st.sampled_from(["native", "native_stream", "openai", "openai_stream"]),
@@ -234,8 +241,9 @@ def test_fuzzed_node_never_hurts_the_gateway_or_another_node(env):
                                 rid = frame["id"]
                                 break
                         stats["served"] += 1
+                        answer = [*script["answer"], (script["final"], True)]
                         frames = [json.dumps({"type": "res", "id": rid, "done": done, "data": data})
-                                  for data, done in script["answer"]] + frames
+                                  for data, done in answer] + frames
                     for item in frames:
                         for raw in item if isinstance(item, list) else [item]:
                             raw = _on_request(raw, rid)
