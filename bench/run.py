@@ -20,24 +20,25 @@ import os
 import platform
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import psutil
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))  # run as `python bench/run.py`: the repo root's harness/ and ollabridge/
+
+from harness.procs import free_port, running, stop  # noqa: E402
 LITELLM_VENV = BENCH / ".venv-litellm"
 LITELLM_REQS = BENCH / "requirements-litellm.txt"
 PY = sys.executable
@@ -53,51 +54,10 @@ def log(*parts: Any) -> None:
 
 
 # -- processes ---------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float, logfile: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}:\n{logfile.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code < 300:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer within {timeout}s:\n{logfile.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
-
-
-@contextmanager
 def service(name: str, args: list[str], ready: str, logdir: Path, env: dict[str, str] | None = None,
-            timeout: float = 60.0) -> Iterator[subprocess.Popen]:
-    logfile = logdir / f"{name}.log"
-    with open(logfile, "ab") as out:
-        proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_http(ready, proc, timeout, logfile)
-            yield proc
-        finally:
-            stop(proc)
+            timeout: float = 60.0):
+    """`args` (a whole command) as a process until the block ends, its output in `logdir/<name>.log`."""
+    return running(args, ready, env, logdir / f"{name}.log", timeout, program=None)
 
 
 def gateway_env(port: int, upstream: str, data_dir: Path, ui: bool = False) -> dict[str, str]:
@@ -497,7 +457,6 @@ def _bare_rate(model_path: str, tokens: int, threads: int, ctx: int) -> float:
 def fig6_engine(quick: bool, rounds: int, logdir: Path, threads: int | None) -> dict[str, Any]:
     """The engine as shipped (or at `threads`) against bare llama-cpp-python decoding on the same number
     of threads, and against bare llama-cpp-python on every core (the most this machine gives)."""
-    sys.path.insert(0, str(ROOT))
     from ollabridge.engine.model import default_cache_dir, resolve_model
 
     cores = os.cpu_count() or 1

@@ -14,7 +14,9 @@ native answer), checks the answer word for word, thinks a little, again. It repo
 errors by kind, streams cut (and whether each cut ended with a clean error event), and the
 gateway's RSS at start, end and peak. A request a killed node was serving can only fail; the
 target is that each such failure is a clean error (an SSE error event, an NDJSON error line, a 502
-JSON error) and that nothing else fails.
+JSON error) and that nothing else fails. An error counts as caused by a kill only when it names
+the lost node and that node was killed while the request was open; any other is the gateway's
+(`errors_not_from_killed_nodes`, with a sample of their messages).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -36,48 +39,17 @@ from typing import Any
 
 import httpx
 import psutil
-from run import free_port, log, write_markdown  # bench/run.py: the harness's own helpers
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-PY = sys.executable
+sys.path.insert(0, str(ROOT))  # run as `python bench/soak.py`: the repo root's harness/
+
+from harness.procs import free_port, start, stop, wait_http, wait_until  # noqa: E402
+from run import log, write_markdown  # noqa: E402 - bench/run.py: the benchmarks' report helpers
 ADMIN = "soak-admin-token"
 BEGIN, END = "<!-- soak:begin (written by bench/soak.py) -->", "<!-- soak:end -->"
 KINDS = ("sse", "whole", "ndjson", "native_whole")
-
-
-def start(args: list[str], logfile: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    full = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
-    with open(logfile, "ab") as out:
-        return subprocess.Popen([PY, *args], cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-
-
-def wait_until(check, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except (httpx.HTTPError, OSError, ValueError, KeyError):
-            value = None
-        if value:
-            return value
-        time.sleep(0.05)  # another process's state: nothing to await
-    raise TimeoutError(f"{what} not reached within {timeout}s")
+LOST = re.compile(r"GPU node '([^']+)' was lost")  # the gateway's words for a node gone mid-request
 
 
 class Soak:
@@ -92,12 +64,26 @@ class Soak:
         self.cut_clean = 0
         self.cut_dirty = 0
         self.kills = 0
+        self.killed: list[tuple[str, float]] = []  # (node name, when) of every SIGKILL
+        self.unexplained: list[str] = []  # the first few errors no kill explains, for the report
         self.latencies: list[float] = []
         self.samples: list[tuple[float, float]] = []
         self.expected = "".join(f"tok{i} " for i in range(args.tokens))
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def killed_during(self, message: Any, started: float) -> bool:
+        """Whether `message` names a node ("GPU node 'soak-1' was lost ...") that was killed after the
+        request started: only then was its failure unavoidable."""
+        text = message if isinstance(message, str) else json.dumps(message)
+        names = set(LOST.findall(text))
+        return any(name in names and when >= started for name, when in self.killed)
+
+    def unexplained_error(self, kind: str, message: Any) -> None:
+        self.error(kind)
+        if len(self.unexplained) < 5:
+            self.unexplained.append(f"{kind}: {str(message)[:300]}")
 
     # -- the processes ----------------------------------------------------------------------
     def fake(self, stack: ExitStack, name: str) -> str:
@@ -106,7 +92,7 @@ class Soak:
                       "--delay", str(self.args.delay), "--chunks", str(self.args.tokens)], self.logs / f"{name}.log")
         stack.callback(stop, proc)
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: httpx.get(f"{url}/api/version").status_code == 200, 30, f"{name} up")
+        wait_http(f"{url}/api/version", proc, 30, self.logs / f"{name}.log")
         return url
 
     def node(self, i: int) -> subprocess.Popen:
@@ -136,21 +122,21 @@ class Soak:
             started = time.monotonic()
             try:
                 if kind == "sse":
-                    await self.sse(http, msg)
+                    await self.sse(http, msg, started)
                 elif kind == "whole":
                     r = await http.post("/v1/chat/completions", json={"model": "soak", "messages": msg})
                     if r.status_code != 200:
-                        self.http_error(r)
+                        self.http_error(r, started)
                     elif r.json()["choices"][0]["message"]["content"] != self.expected:
                         self.error("wrong_content")
                     else:
                         self.ok += 1
                 elif kind == "ndjson":
-                    await self.ndjson(http, msg)
+                    await self.ndjson(http, msg, started)
                 else:
                     r = await http.post("/ollama/api/chat", json={"model": "soak", "messages": msg, "stream": False})
                     if r.status_code != 200:
-                        self.http_error(r)
+                        self.http_error(r, started)
                     elif r.json()["message"]["content"] != self.expected:
                         self.error("wrong_content")
                     else:
@@ -162,17 +148,19 @@ class Soak:
                 self.error(f"transport:{type(exc).__name__}")
             await asyncio.sleep(rng.uniform(0, self.args.think))
 
-    def http_error(self, r: httpx.Response) -> None:
+    def http_error(self, r: httpx.Response, started: float) -> None:
         text = r.text
-        lost = "was lost" in text or "failed mid-stream" in text
-        self.error(f"http_{r.status_code}" + ("_node_lost" if lost else ""))
+        if r.status_code == 502 and self.killed_during(text, started):
+            self.error("http_502_node_lost")  # unavoidable: the node serving it was killed
+        else:
+            self.unexplained_error(f"http_{r.status_code}", text)
 
-    async def sse(self, http: httpx.AsyncClient, msg: list) -> None:
+    async def sse(self, http: httpx.AsyncClient, msg: list, started: float) -> None:
         async with http.stream("POST", "/v1/chat/completions", json={"model": "soak", "messages": msg,
                                                                      "stream": True}) as r:
             if r.status_code != 200:
                 await r.aread()
-                self.http_error(r)
+                self.http_error(r, started)
                 return
             text, error, done = [], None, False
             async for line in r.aiter_lines():
@@ -186,13 +174,13 @@ class Soak:
                     error = event["error"]
                 elif event.get("choices"):
                     text.append(event["choices"][0]["delta"].get("content") or "")
-        self.stream_end("".join(text), error, done)
+        self.stream_end("".join(text), error, done, started)
 
-    async def ndjson(self, http: httpx.AsyncClient, msg: list) -> None:
+    async def ndjson(self, http: httpx.AsyncClient, msg: list, started: float) -> None:
         async with http.stream("POST", "/ollama/api/chat", json={"model": "soak", "messages": msg}) as r:
             if r.status_code != 200:
                 await r.aread()
-                self.http_error(r)
+                self.http_error(r, started)
                 return
             text, error, done = [], None, False
             async for line in r.aiter_lines():
@@ -206,12 +194,15 @@ class Soak:
                 if obj.get("done"):
                     done = True
                     break
-        self.stream_end("".join(text), error, done and error is None)
+        self.stream_end("".join(text), error, done and error is None, started)
 
-    def stream_end(self, text: str, error: Any, done: bool) -> None:
+    def stream_end(self, text: str, error: Any, done: bool, started: float) -> None:
         if error is not None:
             self.cut_clean += 1  # cut, and said so with an error event
-            self.error("stream_cut_error_event")
+            if self.killed_during(error, started):
+                self.error("stream_cut_error_event")  # unavoidable: the node serving it was killed
+            else:
+                self.unexplained_error("stream_cut_error_event_no_kill", error)
         elif not done:
             self.cut_dirty += 1
             self.error("stream_cut_silently")
@@ -235,7 +226,7 @@ class Soak:
                    "OLLABRIDGE_MAX_QUEUE": "1000"}
             gateway = start(["app.py"], self.logs / "gateway.log", env)
             stack.callback(stop, gateway)
-            wait_until(lambda: httpx.get(f"{self.gw}/health").status_code == 200, 60, "gateway up")
+            wait_http(f"{self.gw}/health", gateway, 60, self.logs / "gateway.log")
             nodes: list[subprocess.Popen] = []
             for i in range(a.nodes):
                 self.pair(i)
@@ -264,6 +255,7 @@ class Soak:
             "requests_per_s": round(total / took, 1),
             "errors": dict(sorted(self.errors.items())),
             "errors_not_from_killed_nodes": {k: v for k, v in self.errors.items() if k not in unavoidable},
+            "errors_not_from_killed_nodes_sample": self.unexplained,
             "streams_cut": self.cut_clean + self.cut_dirty, "streams_cut_with_error_event": self.cut_clean,
             "streams_cut_silently": self.cut_dirty,
             "latency_s": {"p50": round(lat[len(lat) // 2], 3) if lat else None,
@@ -297,6 +289,7 @@ class Soak:
         while time.monotonic() + self.args.kill_every < deadline:
             await asyncio.sleep(self.args.kill_every)
             i = rng.randrange(len(nodes))
+            self.killed.append((f"soak-{i}", time.monotonic()))
             os.killpg(nodes[i].pid, signal.SIGKILL)
             await asyncio.to_thread(nodes[i].wait)
             self.kills += 1
@@ -334,7 +327,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"| gateway alive at the end | {'yes' if r['gateway_alive'] else 'NO'} |", "",
         "A request a node was serving when it was killed can only fail: before its first chunk the gateway retries "
         "it elsewhere (invisible), after it the client gets an error event (`stream_cut_error_event`) or a 502 "
-        "naming the lost node (`http_502_node_lost`). Everything else counts as a failure of the gateway. "
+        "(`http_502_node_lost`) naming the lost node, and these count as unavoidable only when that node was killed "
+        "while the request was open. Everything else counts as a failure of the gateway. "
         "The latency is that of a saturated box (the clients, the gateway, the agents and the scripted Ollamas "
         "share 2 cores), not the gateway's own cost (figure 1 above). "
         "RSS samples over the run (s, MiB): " + ", ".join(f"{t:g}: {m:g}" for t, m in rss["samples"]) + ".",

@@ -113,5 +113,8 @@ def serve(settings: Settings) -> None:
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                             access_log=False,  # the edge writes one structured line per request instead
+                            # X-Forwarded-For is trusted only as OLLABRIDGE_FORWARDED_HOPS says (the edge);
+                            # uvicorn's own default would take it from any caller on loopback.
+                            proxy_headers=False,
                             timeout_graceful_shutdown=2)  # after the drain: only the UI's connections are left
     GracefulServer(config, app.state.gateway).run()

@@ -5,8 +5,11 @@
 Serves `/api/version`, `/api/tags`, `/api/ps`, `/api/chat` (NDJSON or one object), `/api/embed`,
 `/api/embeddings`, `/api/show`. A chat streams `chunks` content chunks ("tok0 ", "tok1 ", ...)
 `delay` seconds apart, then a `done` object with `eval_count`; `options.num_predict` in the
-request overrides `chunks`. `--hang` never answers a chat; `--die-after K` exits the process
-after K chunks of a stream. Test hooks:
+request overrides `chunks`. A chat with `tools` whose last message is not a tool result calls the
+first tool instead, always: one `tool_calls` message (in a stream its own chunk) whose arguments
+give each required parameter a fixed value of its type (string "x", integer 1, number 1.5, boolean
+true). `--hang` never answers a chat; `--die-after K` exits the process after K chunks of a
+stream. Test hooks:
 
 - `GET /_stats` -> `{active, max_active, started, completed, cancelled, chats, chunks}`: `cancelled`
   counts chats whose client went away before the end (what a relay `cancel` must cause).
@@ -59,10 +62,34 @@ def _chunk(model: str, i: int) -> dict[str, Any]:
             "message": {"role": "assistant", "content": f"tok{i} "}, "done": False}
 
 
-def _final(model: str, n: int, started: float, content: str = "") -> dict[str, Any]:
+EXAMPLE_VALUES = {"string": "x", "integer": 1, "number": 1.5, "boolean": True}
+
+
+def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The call a chat with tools gets (see the module's doc), or None."""
+    def obj(value: Any) -> dict[str, Any]:  # fuzzers send anything
+        return value if isinstance(value, dict) else {}
+
+    tools, messages = body.get("tools"), body.get("messages")
+    last = obj(messages[-1]) if isinstance(messages, list) and messages else {}
+    if not tools or not isinstance(tools, list) or last.get("role") == "tool":
+        return None
+    fn = obj(obj(tools[0]).get("function"))
+    params = obj(fn.get("parameters"))
+    props = obj(params.get("properties"))
+    required = params.get("required") if isinstance(params.get("required"), list) else []
+    args = {name: EXAMPLE_VALUES.get(obj(props.get(name)).get("type"))
+            for name in required if isinstance(name, str)}
+    return {"function": {"name": fn.get("name") if isinstance(fn.get("name"), str) else "", "arguments": args}}
+
+
+def _final(model: str, n: int, started: float, content: str = "", call: dict | None = None) -> dict[str, Any]:
     took = int((time.monotonic() - started) * 1e9) or 1
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if call is not None:
+        message["tool_calls"] = [call]
     return {"model": model, "created_at": "2026-01-01T00:00:00Z",
-            "message": {"role": "assistant", "content": content}, "done": True, "done_reason": "stop",
+            "message": message, "done": True, "done_reason": "stop",
             "total_duration": took, "load_duration": 1, "prompt_eval_count": 3, "prompt_eval_duration": 1,
             "eval_count": n, "eval_duration": took}
 
@@ -75,6 +102,7 @@ async def _chat(body: dict[str, Any], receive, send) -> None:
     n = int((body.get("options") or {}).get("num_predict") or STATE["chunks"])
     n = max(1, min(n, STATE.get("max_chunks") or 100000))
     stream = body.get("stream", True)
+    call = _tool_call(body)
     STATS["chats"] += 1
     STATS["started"] += 1
     STATS["active"] += 1
@@ -86,11 +114,20 @@ async def _chat(body: dict[str, Any], receive, send) -> None:
             await asyncio.Event().wait()
         if not stream:
             await asyncio.sleep(STATE["delay"] * n)
+            if call is not None:
+                await _json(send, 200, _final(model, 1, started, "", call))
+                return
             content = "".join(f"tok{i} " for i in range(n))
             await _json(send, 200, _final(model, n, started, content))
             return
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/x-ndjson")]})
+        if call is not None:
+            chunk = {**_chunk(model, 0), "message": {"role": "assistant", "content": "", "tool_calls": [call]}}
+            await send({"type": "http.response.body", "body": json.dumps(chunk).encode() + b"\n", "more_body": True})
+            await send({"type": "http.response.body", "body": json.dumps(_final(model, 1, started)).encode() + b"\n",
+                        "more_body": False})
+            return
         for i in range(n):
             if STATE["delay"]:
                 await asyncio.sleep(STATE["delay"])

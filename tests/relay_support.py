@@ -7,33 +7,17 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import httpx
 
-from tests.procs import ROOT, free_port, running, stop
+from tests.procs import free_port, running, start, stop, wait_until
 
 ADMIN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll another process's state until `check()` is truthy (there is no event to await)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-        except (httpx.HTTPError, OSError, ValueError, KeyError):
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached within {timeout}s")
-        time.sleep(0.05)
 
 
 @contextmanager
@@ -118,11 +102,9 @@ class Node:
 def node(log_dir: Path, gw: str, ollama_url: str, credentials: Path, name: str, slots: int = 4,
          connected: bool = True, *extra: str) -> Iterator[Node]:
     log = log_dir / f"node-{name}-{time.monotonic_ns()}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OLLABRIDGE_NODE_CREDENTIALS": str(credentials)}
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ollabridge", "node", "--cloud", gw, "--ollama", ollama_url,
-                                 "--name", name, "--slots", str(slots), "--models-interval", "0.3", *extra],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start(["-m", "ollabridge", "node", "--cloud", gw, "--ollama", ollama_url, "--name", name,
+                  "--slots", str(slots), "--models-interval", "0.3", *extra], log,
+                 {"OLLABRIDGE_NODE_CREDENTIALS": str(credentials)})
     agent = Node(proc, log, name)
     try:
         if connected:

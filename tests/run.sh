@@ -6,15 +6,22 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian's Chromium for the browser tests (never `playwright install`: it downloads its own build).
-if [ ! -x /usr/bin/chromium ]; then
-  echo "== installing chromium (Debian package)"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-fi
-
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
+
+# Debian packages a fresh bookworm machine may lack, each only when what it brings is missing:
+# Chromium for the browser tests (never `playwright install`: it downloads its own build), Node for
+# tests/js/seed_example.mjs, a C/C++ toolchain for llama-cpp-python's build, venv for the .venv.
+apt_pkgs=()
+[ -x /usr/bin/chromium ] || apt_pkgs+=(chromium)
+command -v node >/dev/null || apt_pkgs+=(nodejs)
+{ command -v gcc && command -v g++ && command -v make; } >/dev/null || apt_pkgs+=(build-essential)
+[ -x .venv/bin/python ] || "$PY" -c "import ensurepip, venv" 2>/dev/null || apt_pkgs+=(python3-venv)
+if [ ${#apt_pkgs[@]} -gt 0 ]; then
+  echo "== installing ${apt_pkgs[*]} (Debian packages)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv"
   "$PY" -m venv .venv

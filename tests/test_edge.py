@@ -117,10 +117,18 @@ def test_rate_limits_per_address_and_per_key(out_dir, tmp_path, upstream):
 
 
 def test_forwarded_for_is_ignored_unless_trusted_and_loopback_is_not_limited(out_dir, tmp_path, upstream):
-    with gateway(out_dir, tmp_path, upstream, OLLABRIDGE_RATE_LIMIT_RPM="1") as gw:
-        spoof = [httpx.get(f"{gw}/v1/models", headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code
-                 for i in range(5)]
-        assert spoof == [200] * 5  # the header is not trusted: the caller is this machine, not limited
+    port = free_port()
+    with gateway(out_dir, tmp_path, upstream, port=port, OLLABRIDGE_RATE_LIMIT_RPM="1") as gw:
+        # One claimed address again and again: were the header trusted, that address (not loopback)
+        # would get its 1 request a minute and then 429s. Untrusted, the caller is this machine.
+        claim = {"X-Forwarded-For": "203.0.113.7"}
+        ids = [f"xff-{i}" for i in range(4)]
+        codes = [httpx.get(f"{gw}/v1/models", headers={**claim, "X-Request-ID": rid}).status_code for rid in ids]
+        assert codes == [200] * 4
+        log = out_dir / f"gateway-{port}.log"
+        lines = wait_until(lambda: (found := [x for x in _log_lines(log) if x["id"] in ids]) and len(found) == 4
+                           and found, 5, "log lines")
+    assert {x["client"] for x in lines} == {"127.0.0.1"}  # the peer, not the header's claim
 
 
 def test_concurrent_streams_per_address(out_dir, tmp_path):

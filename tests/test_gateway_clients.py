@@ -1,4 +1,5 @@
-"""Real clients nobody here wrote, against `python app.py` in front of the real in-box engine."""
+"""Real clients nobody here wrote, against `python app.py` in front of the real in-box engine (and,
+where the base model's answer is left to chance, in front of a scripted Ollama: tests/fake_ollama.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import openai
 import pytest
 
 from tests.procs import ROOT
+from tests.relay_support import fake_ollama, gateway
 
 MODEL = "gemma3:270m"
 HELLO = [{"role": "user", "content": "Hello!"}]
@@ -101,16 +103,43 @@ def test_openai_sdk_json_schema(client):
     assert "city" in json.loads(reply.choices[0].message.content)
 
 
-def test_openai_sdk_tools_request_is_served(client):
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                                "parameters": {"type": "object", "properties": {
-                                                    "city": {"type": "string"}}, "required": ["city"]}}}]
-    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Weather in Rome?"}],
-                                           tools=tools, max_tokens=30)
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                           "parameters": {"type": "object", "properties": {
+                                               "city": {"type": "string"}}, "required": ["city"]}}}]
+ROME = [{"role": "user", "content": "Weather in Rome?"}]
+
+
+@pytest.fixture(scope="module")
+def scripted(out_dir, tmp_path_factory):
+    """An OpenAI client of a gateway in front of a scripted Ollama, which always calls the first tool
+    with {"city": "x"} (the base model calls one only by chance)."""
+    with fake_ollama(out_dir, "fake:latest") as up, gateway(out_dir, tmp_path_factory.mktemp("tools"), up) as gw:
+        yield openai.OpenAI(base_url=f"{gw}/ollama/v1", api_key="x", max_retries=0)
+
+
+def test_openai_sdk_tool_calls_whole_and_streamed(scripted):
+    reply = scripted.chat.completions.create(model="fake", messages=ROME, tools=TOOLS)
     choice = reply.choices[0]
-    assert choice.finish_reason in ("stop", "length", "tool_calls")
-    if choice.message.tool_calls:  # the base model rarely calls; when it does, OpenAI's shape
-        assert json.loads(choice.message.tool_calls[0].function.arguments) is not None
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_") and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "x"}  # a JSON string, as OpenAI sends it
+
+    deltas, finish = [], None
+    for chunk in scripted.chat.completions.create(model="fake", messages=ROME, tools=TOOLS, stream=True):
+        if chunk.choices:
+            deltas += chunk.choices[0].delta.tool_calls or []
+            finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls" and [d.index for d in deltas] == [0]
+    assert deltas[0].id.startswith("call_") and deltas[0].type == "function"
+    assert deltas[0].function.name == "get_weather" and json.loads(deltas[0].function.arguments) == {"city": "x"}
+
+    # The tool's result goes back as OpenAI sends it; the model answers in text.
+    after = scripted.chat.completions.create(model="fake", tools=TOOLS, messages=[
+        *ROME, choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 21}'}])
+    assert after.choices[0].finish_reason == "stop" and after.choices[0].message.content.startswith("tok0")
+    assert not after.choices[0].message.tool_calls
 
 
 def test_openai_sdk_embeddings(client):
@@ -153,7 +182,8 @@ def test_ollama_client_at_ollama_prefix(gateway_url):
     assert client.show(MODEL).details is not None
     assert len(client.embed(model=MODEL, input=["a", "b"]).embeddings) == 2
     assert client.embeddings(model=MODEL, prompt="a").embedding
-    client.ps()
+    loaded = client.ps().models  # the in-box engine keeps its one model loaded
+    assert [m.model for m in loaded] == [MODEL] and loaded[0].size > 0 and loaded[0].context_length > 0
     with pytest.raises(ollama.ResponseError) as err:
         client.chat(model="missing:1b", messages=HELLO)
     assert err.value.status_code == 404

@@ -10,6 +10,7 @@ real node's concurrent streams are untouched (every one complete and exact).
 from __future__ import annotations
 
 import json
+import string
 import threading
 import time
 from contextlib import ExitStack
@@ -76,23 +77,53 @@ class RealTraffic:
 
 
 # -- frames ---------------------------------------------------------------------------------------
+# The names the two ends really read: fields of Ollama's chunks, models and embeddings, and of relay
+# frames. Keys are drawn from these as often as from random text, so their values get fuzzed.
+CHUNK_FIELDS = ["model", "created_at", "message", "done", "done_reason", "total_duration", "load_duration",
+                "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration", "error",
+                "embeddings", "embedding", "response", "status"]
+MESSAGE_FIELDS = ["role", "content", "tool_calls", "function", "name", "arguments", "index", "images", "thinking"]
+MODEL_FIELDS = ["name", "model", "size", "digest", "details", "modified_at", "family", "parameter_size",
+                "quantization_level", "capabilities"]
+FRAME_FIELDS = ["type", "id", "data", "done", "error", "status", "models", "slots", "t", "n", "op", "body",
+                "protocol", "name", "agent", "capabilities", "ops", "gpu", "vram_mb", "code", "reason", "text"]
+FIELDS = sorted(set(CHUNK_FIELDS + MESSAGE_FIELDS + MODEL_FIELDS + FRAME_FIELDS))
+keys = st.one_of(st.sampled_from(FIELDS), st.text(max_size=8))
+
 json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False),
                       st.text(max_size=20))
 json_value = st.recursive(json_leaf, lambda kids: st.one_of(st.lists(kids, max_size=4),
-                                                            st.dictionaries(st.text(max_size=8), kids, max_size=4)),
+                                                            st.dictionaries(keys, kids, max_size=4)),
                           max_leaves=12)
+
+
+def shaped(fields: list[str], **inner) -> st.SearchStrategy:
+    """A dict with some of `fields`, each a fuzzed value (or `inner[field]`), and maybe a stray key."""
+    return st.fixed_dictionaries({}, optional={f: inner.get(f, json_value) for f in fields}).flatmap(
+        lambda d: st.dictionaries(keys, json_value, max_size=1).map(lambda extra: {**extra, **d}))
+
+
+COUNTS = ["eval_count", "prompt_eval_count", "eval_duration", "prompt_eval_duration", "total_duration",
+          "load_duration"]
+numbers = st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=False, allow_infinity=False), st.none())
+messages = shaped(MESSAGE_FIELDS, tool_calls=st.lists(shaped(["function", "id", "type", "index"], function=shaped(
+    ["name", "arguments"])), max_size=2) | json_value)
+chunks = shaped(CHUNK_FIELDS, message=messages | json_value)  # an Ollama /api/chat object, every field fuzzed
+models = shaped(MODEL_FIELDS, details=shaped(["family", "parameter_size", "quantization_level", "format"]))
 ids = st.one_of(st.sampled_from(["r1", "r2", "r3", "r10", "", "x" * 65]), st.text(max_size=70), st.integers(), st.none())
 types = st.one_of(st.sampled_from(["res", "ping", "pong", "models", "hello", "req", "welcome", "credit"]),
                   st.text(max_size=10), st.integers())
 frame_dicts = st.one_of(
     st.fixed_dictionaries({"type": types}, optional={"id": ids, "data": json_value, "done": json_value,
                                                      "error": json_value, "models": json_value, "t": json_value}),
+    shaped(FRAME_FIELDS, type=types, id=ids, data=chunks | json_value, models=st.lists(models, max_size=3)),
     st.fixed_dictionaries({"type": st.just("res"), "id": ids, "done": st.booleans(),
                            "data": st.one_of(st.just({"message": {"role": "assistant", "content": "INJECTED"}}),
-                                             json_value)}),
+                                             chunks, json_value)}),
+    st.fixed_dictionaries({"type": st.just("res"), "id": ids, "done": st.just(True), "data": chunks}),
     st.fixed_dictionaries({"type": st.just("models"),
                            "models": st.lists(st.fixed_dictionaries({"name": st.text(min_size=1, max_size=12)}),
-                                              max_size=3)}),
+                                              max_size=3) | st.lists(models, max_size=3)}),
 )
 frames = st.one_of(
     frame_dicts.map(json.dumps),
@@ -103,27 +134,63 @@ frames = st.one_of(
 floods = st.tuples(st.sampled_from([json.dumps({"type": "ping", "t": 1}), json.dumps({"type": "pong", "t": 1}),
                                     json.dumps({"type": "res", "id": "r1", "done": False, "data": {}})]),
                    st.integers(100, 3000)).map(lambda t: [t[0]] * t[1])
+# The gateway echoes a wrong `protocol` in its close reason; past ASCII that reason can outgrow a close
+# frame (test_close_reason_of_a_non_ascii_protocol_fits_a_close_frame), so it is drawn as ASCII here.
+ascii_protocols = st.one_of(st.just(1), st.integers(-2**70, 2**70), st.none(), st.booleans(),
+                            st.text(alphabet=string.printable, max_size=200), st.lists(st.integers(), max_size=40))
+hellos = st.fixed_dictionaries({"type": st.just("hello"), "protocol": ascii_protocols, "name": st.just("fuzz"),
+                                "models": st.lists(models, max_size=3) | json_value,
+                                "capabilities": shaped(["slots", "ops", "gpu", "vram_mb", "goaway"],
+                                                       slots=st.integers(-1, 300) | json_value) | json_value},
+                               optional={"agent": json_value})
 scripts = st.fixed_dictionaries({
-    "hello": st.sampled_from(["good", "good", "good", "garbage", "none"]),
+    "hello": st.sampled_from(["good", "good", "good", "good", "garbage", "none", "fuzzed"]),
+    "fuzzed_hello": hellos.map(json.dumps),
+    # Served: the fuzz node first answers the request it got with these Ollama objects, every field
+    # fuzzed, then one with done whose counts are any numbers (test_a_non_numeric_eval_count_... pins
+    # what other values do), then sends the frames.
+    "answer": st.lists(st.tuples(chunks, st.booleans()), max_size=3),
+    "final": st.tuples(chunks, st.fixed_dictionaries({
+        "message": messages | json_value, "done_reason": st.sampled_from(["stop", "length"]) | json_value,
+        **{f: numbers for f in COUNTS}})).map(lambda t: {**t[0], **t[1], "done": True}),
     "frames": st.lists(st.one_of(frames, floods), max_size=8),
     "serve": st.booleans(),  # a client asks the fuzz node for a chat; it answers with the frames, on that id
+    "client": st.sampled_from(["native", "native_stream", "openai", "openai_stream"]),
 })
+CLIENTS = {"native": ("/ollama/api/chat", False), "native_stream": ("/ollama/api/chat", True),
+           "openai": ("/v1/chat/completions", False), "openai_stream": ("/v1/chat/completions", True)}
 
 HELLO = json.dumps({"type": "hello", "protocol": 1, "name": "fuzz", "agent": "fuzzer/1",
                     "models": [{"name": "fuzz:latest"}], "capabilities": {"slots": 2, "ops": ["chat", "embed"]}})
 
 
-def _client_request(gw: str, out: dict) -> threading.Thread:
+def _client_request(gw: str, kind: str, out: dict) -> threading.Thread:
+    path, stream = CLIENTS[kind]
+
     def run() -> None:
         try:
-            r = httpx.post(f"{gw}/ollama/api/chat", json={"model": "fuzz", "stream": False,
-                                                          "messages": [{"role": "user", "content": "x"}]}, timeout=30)
+            r = httpx.post(f"{gw}{path}", json={"model": "fuzz", "stream": stream,
+                                                "messages": [{"role": "user", "content": "x"}]}, timeout=30)
             out["status"] = r.status_code
         except Exception as exc:  # noqa: BLE001
             out["error"] = repr(exc)
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
+
+
+def _on_request(raw, rid: str):
+    """A frame that says id "r1" speaks of the request the fuzz node was sent instead."""
+    if not isinstance(raw, str) or '"r1"' not in raw:
+        return raw
+    try:
+        frame = json.loads(raw)
+    except ValueError:
+        return raw
+    if isinstance(frame, dict) and frame.get("id") == "r1":
+        frame["id"] = rid
+        return json.dumps(frame)
+    return raw
 
 
 def _wait_model(gw: str, present: bool) -> bool:
@@ -139,7 +206,9 @@ def _wait_model(gw: str, present: bool) -> bool:
 def test_fuzzed_node_never_hurts_the_gateway_or_another_node(env):
     traffic = RealTraffic(env.gw)
     traffic.thread.start()
-    stats = {"examples": 0, "closes": {}, "frames": 0, "served": 0, "client_status": {}}
+    stats = {"examples": 0, "closes": {}, "frames": 0, "served": 0, "client_status": {},
+             "fields": {f: 0 for f in ("eval_count", "prompt_eval_count", "eval_duration", "done_reason",
+                                       "content", "tool_calls")}, "answers_to_a_request": 0, "fuzzed_hellos": 0}
 
     @given(script=scripts)
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
@@ -158,22 +227,32 @@ def test_fuzzed_node_never_hurts_the_gateway_or_another_node(env):
                         assert json.loads(ws.recv(timeout=5))["type"] == "welcome"
                     elif script["hello"] == "garbage":
                         ws.send(json.dumps({"type": "res", "id": "r1"}))
+                    elif script["hello"] == "fuzzed":
+                        ws.send(script["fuzzed_hello"])
+                        stats["fuzzed_hellos"] += 1
                     rid = "r1"
+                    frames = list(script["frames"])
                     if script["serve"] and script["hello"] == "good":
                         assert _wait_model(env.gw, True)
-                        worker = _client_request(env.gw, client)
+                        worker = _client_request(env.gw, script["client"], client)
                         while True:  # pings may come first
                             frame = json.loads(ws.recv(timeout=10))
                             if frame["type"] == "req":
                                 rid = frame["id"]
                                 break
                         stats["served"] += 1
-                    for item in script["frames"]:
+                        answer = [*script["answer"], (script["final"], True)]
+                        frames = [json.dumps({"type": "res", "id": rid, "done": done, "data": data})
+                                  for data, done in answer] + frames
+                    for item in frames:
                         for raw in item if isinstance(item, list) else [item]:
-                            if isinstance(raw, str) and raw.startswith('{"type": "res", "id": "r1"'):
-                                raw = raw.replace('"r1"', json.dumps(rid), 1)
+                            raw = _on_request(raw, rid)
                             ws.send(raw)
                             stats["frames"] += 1
+                            if worker is not None and isinstance(raw, str) and f'"id": {json.dumps(rid)}' in raw:
+                                stats["answers_to_a_request"] += 1
+                                for name in stats["fields"]:
+                                    stats["fields"][name] += f'"{name}"' in raw
                     ws.recv(timeout=0.05)
                 except TimeoutError:
                     pass
@@ -198,7 +277,39 @@ def test_fuzzed_node_never_hurts_the_gateway_or_another_node(env):
         traffic.thread.join(60)
     print(f"\nrelay fuzz: {stats}; real-node streams: {traffic.ok} exact, {len(traffic.bad)} bad")
     assert not traffic.bad, traffic.bad[:5]
+    # The fields the gateway reads were fuzzed in answers to a real request.
+    assert all(stats["fields"].values()) and stats["answers_to_a_request"] > 0 and stats["fuzzed_hellos"], stats
     assert traffic.ok >= 3
     assert "Traceback" not in env.log.read_text(errors="replace")
     nodes = httpx.get(f"{env.gw}/ollama/status").json()["relay"]["nodes"]
     assert any(n["name"] == "real" and n["connected"] for n in nodes)
+
+
+@pytest.mark.xfail(strict=True, reason="ollabridge/relay/hub.py cuts a refused hello's close reason to 120 "
+                                       "characters, not to the 123 bytes a close frame holds: the close raises")
+def test_close_reason_of_a_non_ascii_protocol_fits_a_close_frame(env):
+    hello = json.loads(HELLO) | {"protocol": "é" * 100}
+    with connect(env.gw.replace("http", "ws") + "/relay/connect", open_timeout=10,
+                 additional_headers={"Authorization": f"Bearer {env.token}"}) as ws:
+        ws.send(json.dumps(hello))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4426
+
+
+@pytest.mark.xfail(strict=True, reason="ollabridge/relay/hub.py adds int(data['eval_count']) to tokens_relayed "
+                                       "unchecked: a node's non-numeric count is a 500")
+def test_a_non_numeric_eval_count_from_a_node_is_not_a_500(env):
+    with connect(env.gw.replace("http", "ws") + "/relay/connect", open_timeout=10,
+                 additional_headers={"Authorization": f"Bearer {env.token}"}) as ws:
+        ws.send(HELLO)
+        assert json.loads(ws.recv(timeout=5))["type"] == "welcome"
+        assert _wait_model(env.gw, True)
+        client: dict = {}
+        worker = _client_request(env.gw, "native", client)
+        while (frame := json.loads(ws.recv(timeout=10)))["type"] != "req":
+            pass
+        ws.send(json.dumps({"type": "res", "id": frame["id"], "done": True, "data": {
+            "message": {"role": "assistant", "content": "x"}, "done": True, "eval_count": "many"}}))
+        worker.join(30)
+    assert client.get("status") not in (None, 500), client

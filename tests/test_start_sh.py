@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.procs import ROOT, free_port, wait_http
+from tests.procs import ROOT, free_port, wait_http, wait_until
 
 START = ROOT / "start.sh"
 
@@ -101,18 +101,6 @@ def runs(tmp_path: Path):
         run.close()
 
 
-def poll(fn, timeout: float = 20.0, what: str = ""):
-    """Poll another process's state (no event to await across processes)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}: last={last!r}")
-
-
 def pulls_of(url: str) -> dict[str, dict]:
     data = httpx.get(f"{url}/health", timeout=5).json()
     return {p["model"]: p for p in data["pulls"]["models"]}
@@ -134,9 +122,9 @@ def test_serve_ready_app_pulls_and_sigterm(runs):
     app_up = time.time()
 
     # Progress is visible while the pull is held at 50%; the failed pull is reported beside it.
-    pulls = poll(lambda: (p := pulls_of(run.url)) and p["good:1b"]["state"] == "pulling"
-                 and p["good:1b"]["percent"] == 50.0 and p["bad:1b"]["state"] == "failed" and p,
-                 what="good:1b at 50% and bad:1b failed")
+    pulls = wait_until(lambda: (p := pulls_of(run.url)) and p["good:1b"]["state"] == "pulling"
+                       and p["good:1b"]["percent"] == 50.0 and p["bad:1b"]["state"] == "failed" and p,
+                       20, "good:1b at 50% and bad:1b failed")
     assert "file does not exist" in pulls["bad:1b"]["error"]
     assert pulls["tiny:1b"]["state"] == "present"
     assert pulls["good:1b"]["total"] == 1_000_000_000
@@ -162,11 +150,11 @@ def test_serve_ready_app_pulls_and_sigterm(runs):
     assert not any(e["event"] == "pull done" for e in run.events())  # the app answered mid-pull
 
     httpx.post(f"http://127.0.0.1:{run.ollama_port}/_standin/release", timeout=5)
-    poll(lambda: pulls_of(run.url)["good:1b"]["state"] == "done", what="good:1b done")
+    wait_until(lambda: pulls_of(run.url)["good:1b"]["state"] == "done", 20, "good:1b done")
     done = run.first(lambda e: e["event"] == "pull done")
     assert app_up < done["t"]
-    models = poll(lambda: "good:1b" in (ids := [m["id"] for m in httpx.get(
-        f"{run.url}/ollama/v1/models", timeout=5).json()["data"]]) and ids, what="good:1b listed")
+    models = wait_until(lambda: "good:1b" in (ids := [m["id"] for m in httpx.get(
+        f"{run.url}/ollama/v1/models", timeout=5).json()["data"]]) and ids, 20, "good:1b listed")
     assert "tiny:1b" in models
     assert pulls_of(run.url)["good:1b"]["percent"] == 100.0
 
@@ -214,13 +202,30 @@ def test_ollama_slow_to_answer(runs):
 
 
 @pytest.mark.skipif(shutil.which("ollama") is not None, reason="a real ollama is on PATH")
-def test_without_ollama_binary_uses_inbox_engine(runs, tmp_path):
-    run = runs(with_ollama=False, OLLABRIDGE_INBOX_MODEL=str(tmp_path / "missing.gguf"),
-               OLLABRIDGE_ENGINE_START_TIMEOUT="5")
+def test_without_ollama_binary_uses_inbox_engine(runs):
+    """No `ollama` on PATH: the gateway starts the in-box engine (the bundled model) and serves it."""
+    run = runs(with_ollama=False)
     wait_http(f"{run.url}/health", run.proc, 60, run.out)
-    health = httpx.get(f"{run.url}/health", timeout=5).json()
-    assert health["engine"]["mode"] == "auto" and health["engine"]["active"] in ("inbox", "none")
-    assert health["pulls"]["skipped"]
     assert "no 'ollama' binary on PATH" in run.output()
+    engine = wait_until(lambda: (e := httpx.get(f"{run.url}/health", timeout=5).json()["engine"])["state"]
+                        in ("running", "failed") and e, 120, "the in-box engine to start")
+    assert engine["mode"] == "auto" and engine["active"] == "inbox" and engine["state"] == "running", engine
+    assert "gemma3:270m" in [m["name"] for m in httpx.get(f"{run.url}/ollama/api/tags", timeout=5).json()["models"]]
+    assert httpx.get(f"{run.url}/health", timeout=5).json()["pulls"]["skipped"]
+    os.kill(run.proc.pid, signal.SIGTERM)
+    assert run.wait(30) == 0
+
+
+@pytest.mark.skipif(shutil.which("ollama") is not None, reason="a real ollama is on PATH")
+def test_without_ollama_binary_and_a_missing_model_says_why(runs, tmp_path):
+    """The in-box engine cannot start: the gateway still serves, says there is no engine, and why."""
+    missing = tmp_path / "missing.gguf"
+    run = runs(with_ollama=False, OLLABRIDGE_INBOX_MODEL=str(missing), OLLABRIDGE_ENGINE_START_TIMEOUT="30")
+    wait_http(f"{run.url}/health", run.proc, 60, run.out)
+    engine = wait_until(lambda: (e := httpx.get(f"{run.url}/health", timeout=5).json()["engine"])["state"]
+                        in ("running", "failed") and e, 60, "the in-box engine to give up")
+    assert engine["mode"] == "auto" and engine["active"] == "none" and engine["state"] == "failed", engine
+    assert "exited with code" in engine["detail"]
+    assert f"OLLABRIDGE_INBOX_MODEL={str(missing)!r}: no such file" in run.output()
     os.kill(run.proc.pid, signal.SIGTERM)
     assert run.wait(30) == 0
