@@ -131,6 +131,10 @@ async def _chat(body: dict[str, Any], receive, send) -> None:
         for i in range(n):
             if STATE["delay"]:
                 await asyncio.sleep(STATE["delay"])
+            elif i % 64 == 63:
+                # A send to a client that has gone returns at once: yield, so the disconnect is seen
+                # and a cancelled 2M-chunk stream does not hold this server's loop for seconds.
+                await asyncio.sleep(0)
             await send({"type": "http.response.body", "body": json.dumps(_chunk(model, i)).encode() + b"\n",
                         "more_body": True})
             STATS["chunks"] += 1

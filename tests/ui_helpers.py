@@ -3,10 +3,11 @@ errors and requests that leave loopback, and drive the Gradio components by thei
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
+
+from harness import procs
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -68,15 +69,8 @@ def shoot(page, folder: Path, name: str) -> Path:
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
-    """Poll a browser-side predicate; the page has no event to await for Gradio's async updates."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """Poll a browser-side predicate (Gradio's async updates have no event to await)."""
+    return procs.wait_until(predicate, timeout, what, interval)
 
 
 def bot_messages(page) -> list[str]:

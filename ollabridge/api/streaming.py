@@ -89,6 +89,19 @@ async def ndjson_stream(first: dict[str, Any], rest: AsyncIterator[dict[str, Any
         await rest.aclose()
 
 
+async def collect(stream: AsyncIterator[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every chunk of a non-streamed answer (errors before the first still become an HTTP status)."""
+    first = await start(stream)
+    chunks = [first]
+    if not first.get("done"):
+        try:
+            async for chunk in stream:
+                chunks.append(chunk)
+        finally:
+            await stream.aclose()
+    return chunks
+
+
 async def start(stream: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
     """The first chunk of `stream`; errors raised here still become an HTTP error status."""
     try:
