@@ -32,7 +32,11 @@ class Settings(BaseSettings):
     engine: Literal["auto", "ollama", "inbox"] = Field("auto", validation_alias="OLLABRIDGE_ENGINE")
     inbox_model: str = Field("", validation_alias="OLLABRIDGE_INBOX_MODEL")
     default_model: str = Field("qwen2.5:1.5b", validation_alias="OLLABRIDGE_DEFAULT_MODEL")
-    max_body_bytes: int = Field(1024 * 1024, validation_alias="OLLABRIDGE_MAX_BODY_BYTES")
+    # Room for a 5 MB photo as base64 (~7 MB) in a chat, with headroom for a long conversation.
+    max_body_bytes: int = Field(16 * 1024 * 1024, validation_alias="OLLABRIDGE_MAX_BODY_BYTES")
+    # Model names the backends do not have, mapped to served ones: `claude-*=qwen2.5:7b,gpt-4o*=qwen2.5:7b`
+    # (glob patterns, first match wins), so clients with hard-wired model names work.
+    model_aliases_raw: str = Field("", validation_alias="OLLABRIDGE_MODEL_ALIASES")
     cors_origins_raw: str = Field("*", validation_alias="OLLABRIDGE_CORS_ORIGINS")
     data_dir: str = Field(default_factory=_default_data_dir, validation_alias="OLLABRIDGE_DATA_DIR")
     admin_token: str = Field("", validation_alias="OLLABRIDGE_ADMIN_TOKEN")
@@ -79,6 +83,16 @@ class Settings(BaseSettings):
     @cached_property
     def upstreams(self) -> list[str]:
         return [url.rstrip("/") for url in _split(self.upstreams_raw)]
+
+    @cached_property
+    def model_aliases(self) -> list[tuple[str, str]]:
+        pairs = []
+        for entry in _split(self.model_aliases_raw):
+            pattern, sep, target = entry.partition("=")
+            if not sep or not pattern.strip() or not target.strip():
+                raise ValueError(f"OLLABRIDGE_MODEL_ALIASES: {entry!r} is not pattern=model")
+            pairs.append((pattern.strip(), target.strip()))
+        return pairs
 
     @cached_property
     def api_keys(self) -> list[str]:

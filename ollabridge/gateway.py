@@ -21,7 +21,8 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.router = Router(models_ttl=settings.models_ttl, default_model=settings.default_model,
-                             max_queue=settings.max_queue, queue_timeout=settings.queue_timeout)
+                             max_queue=settings.max_queue, queue_timeout=settings.queue_timeout,
+                             aliases=settings.model_aliases)
         timeouts = dict(connect_timeout=settings.connect_timeout,
                         first_token_timeout=settings.first_token_timeout, idle_timeout=settings.idle_timeout)
         self.ollama = OllamaBackend("ollama", settings.ollama_base_url, **timeouts)

@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from ollabridge import __version__
 from ollabridge.api import admin_routes, device_routes, errors, node_routes, openapi, relay_routes, system_routes
+from ollabridge.api.anthropic import routes as anthropic_routes
 from ollabridge.api.ollama import routes as ollama_routes
 from ollabridge.api.openai import routes as openai_routes
 from ollabridge.edge.middleware import EdgeMiddleware
@@ -44,7 +45,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(system_routes.router)
     app.include_router(openai_routes.router, prefix="/ollama")
     app.include_router(openai_routes.router, include_in_schema=False)
+    app.include_router(anthropic_routes.router, prefix="/ollama")  # ANTHROPIC_BASE_URL=<space>/ollama
+    app.include_router(anthropic_routes.router, include_in_schema=False)
     app.include_router(ollama_routes.router, prefix="/ollama")
+    app.include_router(ollama_routes.root)
     app.include_router(device_routes.router)
     app.include_router(relay_routes.router)
     app.include_router(node_routes.router)

@@ -36,7 +36,7 @@ class StatusViews:
     async def status(self) -> dict[str, Any]:
         """The gateway's Ollama (reachable, version, pulled and loaded models), engine, upstreams, nodes."""
         gw = self.gateway
-        health, version, loaded = await asyncio.gather(gw.ollama.health(), gw.ollama.version(), gw.ollama.loaded())
+        health, version, loaded = await asyncio.gather(gw.ollama.health(), gw.ollama.ollama_version(), gw.ollama.loaded())
         models = await gw.ollama.models(gw.settings.models_ttl)
         return {"ollama": {"reachable": health.ok, "url": gw.settings.ollama_base_url, "version": version,
                            "detail": health.detail,

@@ -8,12 +8,16 @@ Serves `/api/version`, `/api/tags`, `/api/ps`, `/api/chat` (NDJSON or one object
 request overrides `chunks`. A chat with `tools` whose last message is not a tool result calls the
 first tool instead, always: one `tool_calls` message (in a stream its own chunk) whose arguments
 give each required parameter a fixed value of its type (string "x", integer 1, number 1.5, boolean
-true). `--hang` never answers a chat; `--die-after K` exits the process after K chunks of a
+true). `/api/generate` streams the same tokens as `response` pieces (its last object has a
+`context`); `prompt: ""` with `keep_alive: 0` unloads. `think` on a model whose name has no "think"
+in it is a 400 "does not support thinking", as Ollama answers; on one that has, a thinking chunk
+comes first. `--hang` never answers a chat; `--die-after K` exits the process after K chunks of a
 stream. Test hooks:
 
 - `GET /_stats` -> `{active, max_active, started, completed, cancelled, chats, chunks}`: `cancelled`
   counts chats whose client went away before the end (what a relay `cancel` must cause).
 - `POST /_control` `{models?: [names], chunks?, delay?, hang?, die_after?}` changes the script.
+- `GET /_last` -> `{chat?, generate?}`: the last body of each, as it reached this "Ollama".
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import time
 from typing import Any
 
 STATE: dict[str, Any] = {"models": ["fake:latest"], "chunks": 5, "delay": 0.0, "hang": False, "die_after": 0}
+LAST: dict[str, Any] = {}  # the last chat and generate bodies, for tests to see what reached "Ollama"
 STATS = {"active": 0, "max_active": 0, "started": 0, "completed": 0, "cancelled": 0, "chats": 0, "chunks": 0}
 
 
@@ -57,9 +62,18 @@ async def _json(send, status: int, obj: Any) -> None:
     await send({"type": "http.response.body", "body": raw})
 
 
-def _chunk(model: str, i: int) -> dict[str, Any]:
+def _chunk(model: str, i: int, op: str = "chat") -> dict[str, Any]:
+    if op == "generate":
+        return {"model": model, "created_at": "2026-01-01T00:00:00Z", "response": f"tok{i} ", "done": False}
     return {"model": model, "created_at": "2026-01-01T00:00:00Z",
             "message": {"role": "assistant", "content": f"tok{i} "}, "done": False}
+
+
+def _thinking(model: str, op: str) -> dict[str, Any]:
+    if op == "generate":
+        return {"model": model, "created_at": "2026-01-01T00:00:00Z", "response": "", "thinking": "hmm ", "done": False}
+    return {"model": model, "created_at": "2026-01-01T00:00:00Z",
+            "message": {"role": "assistant", "content": "", "thinking": "hmm "}, "done": False}
 
 
 EXAMPLE_VALUES = {"string": "x", "integer": 1, "number": 1.5, "boolean": True}
@@ -83,26 +97,36 @@ def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
     return {"function": {"name": fn.get("name") if isinstance(fn.get("name"), str) else "", "arguments": args}}
 
 
-def _final(model: str, n: int, started: float, content: str = "", call: dict | None = None) -> dict[str, Any]:
+def _final(model: str, n: int, started: float, content: str = "", call: dict | None = None,
+           op: str = "chat") -> dict[str, Any]:
     took = int((time.monotonic() - started) * 1e9) or 1
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if call is not None:
         message["tool_calls"] = [call]
-    return {"model": model, "created_at": "2026-01-01T00:00:00Z",
-            "message": message, "done": True, "done_reason": "stop",
+    body: dict[str, Any] = {"response": content, "context": [1, 2, 3]} if op == "generate" else {"message": message}
+    return {"model": model, "created_at": "2026-01-01T00:00:00Z", **body, "done": True, "done_reason": "stop",
             "total_duration": took, "load_duration": 1, "prompt_eval_count": 3, "prompt_eval_duration": 1,
             "eval_count": n, "eval_duration": took}
 
 
-async def _chat(body: dict[str, Any], receive, send) -> None:
+async def _chat(body: dict[str, Any], receive, send, op: str = "chat") -> None:
     model = body.get("model", "")
+    LAST[op] = body
     if not _known(model):
         await _json(send, 404, {"error": f"model '{model}' not found"})
+        return
+    thinks = bool(body.get("think")) and isinstance(model, str)
+    if thinks and "think" not in model:  # as Ollama answers a model without the thinking capability
+        await _json(send, 400, {"error": f'"{model}" does not support thinking'})
+        return
+    if op == "generate" and not body.get("prompt") and body.get("keep_alive") in (0, "0", "0s"):
+        await _json(send, 200, {"model": model, "created_at": "2026-01-01T00:00:00Z", "response": "", "done": True,
+                                "done_reason": "unload"})
         return
     n = int((body.get("options") or {}).get("num_predict") or STATE["chunks"])
     n = max(1, min(n, STATE.get("max_chunks") or 100000))
     stream = body.get("stream", True)
-    call = _tool_call(body)
+    call = _tool_call(body) if op == "chat" else None
     STATS["chats"] += 1
     STATS["started"] += 1
     STATS["active"] += 1
@@ -118,10 +142,13 @@ async def _chat(body: dict[str, Any], receive, send) -> None:
                 await _json(send, 200, _final(model, 1, started, "", call))
                 return
             content = "".join(f"tok{i} " for i in range(n))
-            await _json(send, 200, _final(model, n, started, content))
+            await _json(send, 200, _final(model, n, started, content, op=op))
             return
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/x-ndjson")]})
+        if thinks:
+            await send({"type": "http.response.body", "body": json.dumps(_thinking(model, op)).encode() + b"\n",
+                        "more_body": True})
         if call is not None:
             chunk = {**_chunk(model, 0), "message": {"role": "assistant", "content": "", "tool_calls": [call]}}
             await send({"type": "http.response.body", "body": json.dumps(chunk).encode() + b"\n", "more_body": True})
@@ -135,12 +162,12 @@ async def _chat(body: dict[str, Any], receive, send) -> None:
                 # A send to a client that has gone returns at once: yield, so the disconnect is seen
                 # and a cancelled 2M-chunk stream does not hold this server's loop for seconds.
                 await asyncio.sleep(0)
-            await send({"type": "http.response.body", "body": json.dumps(_chunk(model, i)).encode() + b"\n",
+            await send({"type": "http.response.body", "body": json.dumps(_chunk(model, i, op)).encode() + b"\n",
                         "more_body": True})
             STATS["chunks"] += 1
             if STATE["die_after"] and i + 1 >= STATE["die_after"]:
                 os._exit(1)
-        await send({"type": "http.response.body", "body": json.dumps(_final(model, n, started)).encode() + b"\n",
+        await send({"type": "http.response.body", "body": json.dumps(_final(model, n, started, op=op)).encode() + b"\n",
                     "more_body": False})
 
     async def disconnected() -> None:
@@ -184,8 +211,10 @@ async def app(scope, receive, send) -> None:
         await _json(send, 200, {"models": [_model(m) for m in STATE["models"]]})
     elif path == "/api/ps":
         await _json(send, 200, {"models": []})
-    elif path == "/api/chat" and method == "POST":
-        await _chat(body, receive, send)
+    elif path in ("/api/chat", "/api/generate") and method == "POST":
+        await _chat(body, receive, send, path.rsplit("/", 1)[1])
+    elif path == "/_last":
+        await _json(send, 200, LAST)
     elif path in ("/api/embed", "/api/embeddings", "/api/show") and method == "POST":
         model = body.get("model") or body.get("name") or ""
         if not _known(model):

@@ -231,7 +231,7 @@ def test_bad_requests_get_clear_errors(gateway_url):
     assert bad_json.status_code == 400 and "JSON" in bad_json.json()["error"]["message"]
     native = httpx.post(f"{gateway_url}/ollama/api/chat", content=b'{"messages": []}')
     assert native.status_code == 400 and "model" in native.json()["error"]
-    big = httpx.post(f"{gateway_url}/ollama/v1/chat/completions", content=b"x" * (2 * 1024 * 1024))
+    big = httpx.post(f"{gateway_url}/ollama/v1/chat/completions", content=b"x" * (16 * 1024 * 1024 + 1))
     assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
     native_missing = httpx.post(f"{gateway_url}/ollama/api/chat", json={"model": "nope", "messages": HELLO})
     assert native_missing.status_code == 404 and "nope" in native_missing.json()["error"]

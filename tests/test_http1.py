@@ -52,7 +52,7 @@ def chunked(pieces: list[bytes]) -> bytes:
 
 
 async def collect(backend: OllamaBackend) -> list[dict]:
-    return [chunk async for chunk in backend.chat({"model": "m", "messages": []})]
+    return [chunk async for chunk in backend.stream("chat", {"model": "m", "messages": []})]
 
 
 def keep_alive_server(body: bytes, head: bytes = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -167,7 +167,7 @@ async def test_stopping_early_closes_the_connection_so_the_upstream_sees_it():
 
     async with Server(endless) as url:
         backend = OllamaBackend("up", url)
-        stream = backend.chat({"model": "m", "messages": []})
+        stream = backend.stream("chat", {"model": "m", "messages": []})
         assert (await anext(stream))["message"]["content"] == "Hi"
         await stream.aclose()
         await asyncio.wait_for(closed.wait(), 5)

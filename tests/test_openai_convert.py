@@ -50,8 +50,11 @@ def test_tools_pass_through_and_assistant_tool_calls_get_dict_arguments():
             {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]), "m")
     assert body["tools"][0]["function"]["name"] == "get_weather"
-    assert body["messages"][1]["tool_calls"] == [{"function": {"name": "get_weather", "arguments": {"city": "Rome"}}}]
-    assert body["messages"][2] == {"role": "tool", "content": "sunny"}
+    assert body["messages"][1]["tool_calls"] == [{"id": "call_1", "function": {"name": "get_weather",
+                                                                                "arguments": {"city": "Rome"}}}]
+    # The tool result keeps its id and names the tool it answers (Ollama's templates read tool_name).
+    assert body["messages"][2] == {"role": "tool", "content": "sunny", "tool_call_id": "call_1",
+                                   "tool_name": "get_weather"}
     assert "tools" not in convert.chat_request_to_ollama(_req(tools=[tool], tool_choice="none"), "m")
 
 
@@ -121,3 +124,37 @@ def test_models_list_in_openai_shape():
     assert listing["object"] == "list"
     assert [(m["id"], m["object"]) for m in listing["data"]] == [("a:1", "model"), ("b", "model")]
     assert listing["data"][0]["created"] == 1704164645
+
+
+def test_reasoning_effort_and_logprobs_reach_ollama():
+    body = convert.chat_request_to_ollama(_req(reasoning_effort="high", logprobs=True, top_logprobs=3), "m")
+    assert body["think"] == "high" and body["logprobs"] is True and body["top_logprobs"] == 3
+    assert convert.chat_request_to_ollama(_req(reasoning_effort="none"), "m")["think"] is False
+    assert "think" not in convert.chat_request_to_ollama(_req(), "m")
+    history = convert.chat_request_to_ollama(_req(messages=[
+        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "reasoning_content": "thought"}]), "m")
+    assert history["messages"][1] == {"role": "assistant", "content": "a", "thinking": "thought"}
+
+
+def test_thinking_and_logprobs_come_back_in_openai_fields():
+    lp = [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": [{"token": "Hi", "logprob": -0.1}]}]
+    stream = [{"model": "m", "message": {"role": "assistant", "thinking": "hmm"}, "done": False},
+              {"model": "m", "message": {"role": "assistant", "content": "Hi"}, "logprobs": lp, "done": False},
+              {"model": "m", "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop",
+               "prompt_eval_count": 1, "eval_count": 2}]
+    tr = convert.StreamTranslator("m")
+    chunks = [c for s in stream for c in tr.translate(s)]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "reasoning_content": "hmm"}
+    assert chunks[1]["choices"][0]["logprobs"] == {"content": lp}
+    whole = convert.aggregate_completion(stream, "m")["choices"][0]
+    assert whole["message"]["reasoning_content"] == "hmm" and whole["logprobs"] == {"content": lp}
+
+
+def test_image_urls_are_refused_data_urls_work():
+    import pytest
+
+    from ollabridge.errors import BadRequest
+
+    with pytest.raises(BadRequest, match="data URL"):
+        convert.chat_request_to_ollama(_req(messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]), "m")

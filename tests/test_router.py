@@ -37,7 +37,7 @@ class Scripted(Backend):
             self.refused.set()
         return free
 
-    async def chat(self, body):
+    async def stream(self, op, body):
         self.served += 1
         if self.starts is not None:
             self.starts.put_nowait(self.name)

@@ -1,5 +1,5 @@
-"""Errors in the caller's format: OpenAI error JSON on `/v1`, `{"error": ...}` natively; as a response,
-as an SSE event or as an NDJSON line once a stream has begun."""
+"""Errors in the caller's format — Anthropic's on `/v1/messages`, OpenAI's on the rest of `/v1`,
+`{"error": ...}` natively — as a response, or as an SSE event or NDJSON line once a stream has begun."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from ollabridge.api.anthropic.convert import error_body as anthropic_error_body
 from ollabridge.api.openai.convert import error_body
 from ollabridge.errors import GatewayError
 from ollabridge.jsonwire import dumps
@@ -22,13 +23,24 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permi
           429: "rate_limit_error"}
 
 
+ANTHROPIC_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
+
+
+def is_anthropic_path(path: str) -> bool:
+    """Anthropic's Messages API, at the root or under /ollama (where Claude Code's base URL points)."""
+    return path.endswith(ANTHROPIC_PATHS) and path.removesuffix("/count_tokens").removesuffix("/v1/messages") in ("", "/ollama")
+
+
 def is_openai_path(path: str) -> bool:
-    return path.startswith("/v1/") or path.startswith("/ollama/v1/")
+    return (path.startswith("/v1/") or path.startswith("/ollama/v1/")) and not is_anthropic_path(path)
 
 
 def error_payload(path: str, status: int, message: str, *, type_: str | None = None, code: str | None = None,
                   param: str | None = None) -> dict[str, Any]:
-    """The error body a caller of `path` reads: OpenAI's object on `/v1`, `{"error": ...}` natively."""
+    """The error body a caller of `path` reads: Anthropic's on `/v1/messages`, OpenAI's on the rest of
+    `/v1`, `{"error": ...}` natively."""
+    if is_anthropic_path(path):
+        return anthropic_error_body(status, message)
     if is_openai_path(path):
         return error_body(message, type_ or _TYPES.get(status, "api_error"), code, param)
     return {"error": message}

@@ -14,10 +14,11 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from ollabridge.edge.middleware import API_PREFIXES
-from ollabridge.api.errors import is_openai_path
+from ollabridge.api.errors import is_anthropic_path, is_openai_path
 
 NATIVE_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
 OPENAI_ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
+ANTHROPIC_ERROR_REF = {"$ref": "#/components/schemas/AnthropicError"}
 
 EDGE = {401: "Missing or wrong API key (when keys are configured)",
         429: "Rate limit reached (see Retry-After)",
@@ -28,7 +29,8 @@ DEVICE = {400: "Invalid request", 401: "Missing or wrong admin token", 404: "Unk
 
 
 def _error(path: str, description: str) -> dict[str, Any]:
-    schema = OPENAI_ERROR_REF if is_openai_path(path) else NATIVE_ERROR
+    schema = ANTHROPIC_ERROR_REF if is_anthropic_path(path) else OPENAI_ERROR_REF if is_openai_path(path) \
+        else NATIVE_ERROR
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
@@ -37,14 +39,15 @@ def install(app: FastAPI) -> None:
         if app.openapi_schema:
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        from ollabridge.api.anthropic.protocol import AnthropicError
         from ollabridge.api.openai.protocol import ErrorResponse
 
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.setdefault("ErrorResponse", ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}"))
-        for name, definition in ErrorResponse.model_json_schema(
-                ref_template="#/components/schemas/{model}").get("$defs", {}).items():
-            components.setdefault(name, definition)
-        components["ErrorResponse"].pop("$defs", None)
+        for model in (ErrorResponse, AnthropicError):
+            definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, part in definition.pop("$defs", {}).items():
+                components.setdefault(name, part)
+            components.setdefault(model.__name__, definition)
         for path, operations in schema.get("paths", {}).items():
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})

@@ -1,10 +1,17 @@
-"""System routes: `/health` and `/ollama/status`."""
+"""System routes: `/health`, `/ollama/status`, and `HEAD /` for clients that probe the root."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
 
 router = APIRouter(tags=["System"])
+
+
+@router.head("/", include_in_schema=False)
+async def root_probe():
+    """Clients probe the base URL (Claude Code sends `HEAD /`): 200. `GET /` is the web UI."""
+    return PlainTextResponse("")
 
 
 @router.get("/health")

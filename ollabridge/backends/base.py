@@ -1,8 +1,8 @@
 """The one interface every backend speaks.
 
-The canonical request and stream are Ollama's native ones: a chat request is the body of
-`POST /api/chat` (a dict), and its stream is the sequence of `/api/chat` response objects,
-the last with `done: true`. Every backend (Ollama over HTTP, an extra upstream, a GPU node
+The canonical request and stream are Ollama's native ones: a request is the body of `POST /api/chat`
+or `POST /api/generate` (a dict; the op says which), and its stream is the sequence of that
+endpoint's response objects, the last with `done: true`. Every backend (Ollama over HTTP, an extra upstream, a GPU node
 over the relay) speaks that already, so the native API is a passthrough and the OpenAI API
 is a pure translation on top (see `ollabridge.api.openai.convert`).
 """
@@ -49,8 +49,8 @@ class Backend(abc.ABC):
 
     # -- what a backend must implement -------------------------------------------------
     @abc.abstractmethod
-    def chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Stream `/api/chat` response objects for `body`. Raises BackendError."""
+    def stream(self, op: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Stream the response objects of `op` ("chat" or "generate") for `body`. Raises BackendError."""
 
     @abc.abstractmethod
     async def call(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -68,10 +68,18 @@ class Backend(abc.ABC):
         """Models loaded in memory, as `/api/ps` objects (empty when unknown)."""
         return []
 
+    async def ollama_version(self) -> str | None:
+        """The version of the Ollama behind this backend, when it says."""
+        return None
+
     async def close(self) -> None:
         """Release connections."""
 
     # -- shared behaviour ---------------------------------------------------------------
+    def serves(self, op: str) -> bool:
+        """Whether this backend can be sent `op` at all (relay nodes list theirs in `hello`)."""
+        return True
+
     @property
     def available(self) -> bool:
         """Whether a new request may be sent now (relay nodes say no when full or gone)."""

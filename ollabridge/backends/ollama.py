@@ -13,11 +13,12 @@ from ollabridge.backends.base import Backend, BackendHealth
 from ollabridge.errors import BackendError, ollama_error_message
 from ollabridge.jsonwire import dumps as _dumps, loads as _loads
 
+_STREAMS = {"chat": "/api/chat", "generate": "/api/generate"}
 _OPS = {"embed": "/api/embed", "embeddings": "/api/embeddings", "show": "/api/show"}
 
 
 class OllamaBackend(Backend):
-    """Speaks Ollama's native API: chat over a lean keep-alive pool for plain http, else httpx."""
+    """Speaks Ollama's native API: chat and generate over a lean keep-alive pool for plain http, else httpx."""
 
     def __init__(self, name: str, base_url: str, *, kind: str = "ollama", connect_timeout: float = 5.0,
                  first_token_timeout: float = 300.0, idle_timeout: float = 120.0) -> None:
@@ -35,9 +36,9 @@ class OllamaBackend(Backend):
                                       user_agent=f"ollabridge/{__version__}")
                        if http1.direct_http(self.base_url) else None)
 
-    async def chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, op: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         try:
-            reply = await http1.post_stream(self._pool, self._client, "/api/chat", _dumps(body),
+            reply = await http1.post_stream(self._pool, self._client, _STREAMS[op], _dumps(body),
                                             self.first_token_timeout)
         except TimeoutError:
             raise BackendError(f"{self.name}: no answer within {self.first_token_timeout:g}s",
@@ -93,7 +94,7 @@ class OllamaBackend(Backend):
             return []
         return list(data.get("models") or [])
 
-    async def version(self) -> str | None:
+    async def ollama_version(self) -> str | None:
         try:
             return (await self._json("GET", "/api/version", timeout=3.0)).get("version")
         except BackendError:

@@ -16,10 +16,11 @@ from ollabridge.jsonwire import dumps
 access_log = logging.getLogger("ollabridge.access")
 
 # Requests refused before routing keep their path as the label when it is one of these.
-KNOWN_PATHS = frozenset({"/v1/chat/completions", "/ollama/v1/chat/completions", "/v1/embeddings",
-                         "/ollama/v1/embeddings", "/ollama/api/chat", "/ollama/api/embed", "/ollama/api/embeddings",
-                         "/v1/models", "/ollama/v1/models", "/ollama/api/tags", "/ollama/api/show",
-                         "/ollama/api/ps", "/ollama/api/version", "/health", "/metrics", "/ollama/status"})
+KNOWN_PATHS = frozenset({prefix + path for prefix in ("", "/ollama") for path in (
+    "/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages", "/v1/messages/count_tokens",
+    "/v1/embeddings", "/v1/models")} | {"/ollama/api/" + name for name in (
+        "chat", "generate", "embed", "embeddings", "tags", "show", "ps", "version")} | {
+    "/health", "/metrics", "/ollama/status"})
 QUIET = ("/health", "/metrics")  # polled every few seconds: metrics only
 
 

@@ -87,9 +87,9 @@ async def _capture(ctx: RequestContext | None, stream: AsyncIterator[dict[str, A
         ctx.completion = parts
     try:
         async for chunk in stream:
-            message = chunk.get("message") or {}
-            if message.get("content"):
-                parts.append(message["content"])
+            text = (chunk.get("message") or {}).get("content") or chunk.get("response")  # chat, generate
+            if text:
+                parts.append(text)
             yield chunk
     finally:
         await stream.aclose()

@@ -29,9 +29,11 @@ from ollabridge.edge.context import RequestContext
 from ollabridge.errors import GatewayError
 
 API_PREFIXES = ("/v1/", "/ollama/v1/", "/ollama/api/")
+DOUBLED = ("/v1/v1/", "/ollama/v1/v1/")
 # Requests that hold a backend while they run: these count against the in-flight limit.
-GENERATION = frozenset({"/v1/chat/completions", "/ollama/v1/chat/completions", "/v1/embeddings",
-                        "/ollama/v1/embeddings", "/ollama/api/chat", "/ollama/api/embed", "/ollama/api/embeddings"})
+GENERATION = frozenset(prefix + path for prefix in ("", "/ollama") for path in (
+    "/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages", "/v1/embeddings")) | frozenset({
+    "/ollama/api/chat", "/ollama/api/generate", "/ollama/api/embed", "/ollama/api/embeddings"})
 # Other routes that get a log line and metrics (the web UI's own requests get neither).
 OBSERVED = ("/admin/", "/device/", "/health", "/metrics", "/ollama/status", "/node/")
 LOOPBACK = ("127.", "::1", "::ffff:127.")
@@ -74,6 +76,9 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
+        if path.startswith(DOUBLED):  # a client that appends /v1 to a base URL ending in /v1
+            path = path.replace("/v1/v1/", "/v1/", 1)
+            scope = {**scope, "path": path, "raw_path": path.encode()}
         api = path.startswith(API_PREFIXES)
         if not api and not path.startswith(OBSERVED):
             await self.app(scope, receive, send)  # the web UI and its assets

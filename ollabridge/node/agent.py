@@ -60,7 +60,8 @@ class NodeAgent:
                     self.credentials.put(self.cloud, cred)
                     say(f"Paired as node {cred['node_id']}; credential saved in {self.credentials.path}")
                     attempt = 0
-                session = Session(self.cloud, self.name, self.slots, self.ollama, self._capabilities(),
+                session = Session(self.cloud, self.name, self.slots, self.ollama,
+                                  {**self._capabilities(), "ollama_version": await self.ollama.version()},
                                   self.models_interval)
                 welcomed, code, reason = await session.run(cred["node_token"])
                 if code == p.CLOSE_REVOKED:

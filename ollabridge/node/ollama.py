@@ -33,6 +33,16 @@ class LocalOllama:
             log.warning("the local Ollama at %s does not answer (%s); offering no models for now", self.url, exc)
             return []
 
+    async def version(self) -> str | None:
+        """Its `/api/version` (the gateway's /api/version reports the lowest of its backends')."""
+        try:
+            response = await self.http.get("/api/version", timeout=5.0)
+            response.raise_for_status()
+            version = response.json().get("version")
+            return version if isinstance(version, str) else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+
     async def close(self) -> None:
         if self.pool is not None:
             self.pool.close()

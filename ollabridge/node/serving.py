@@ -21,7 +21,8 @@ from ollabridge.relay import protocol as p
 
 log = logging.getLogger("ollabridge.node")
 
-OLLAMA_PATHS = {"embed": "/api/embed", "embeddings": "/api/embeddings", "show": "/api/show"}
+OLLAMA_PATHS = {"embed": ("POST", "/api/embed"), "embeddings": ("POST", "/api/embeddings"),
+                "show": ("POST", "/api/show"), "ps": ("GET", "/api/ps")}
 _FOREVER = 86400.0  # the local Ollama may think as long as it likes; the gateway has the timeouts
 
 
@@ -92,10 +93,11 @@ class Requests:
 
     async def _serve(self, rid: str, op: str, body: dict[str, Any], credit: _Credit) -> None:
         try:
-            if op == "chat":
-                await self._chat(rid, body, credit)
+            if op in p.STREAMING_OPS:
+                await self._stream(rid, op, body, credit)
             else:
-                response = await self.ollama.http.post(OLLAMA_PATHS[op], json=body)
+                method, path = OLLAMA_PATHS[op]
+                response = await self.ollama.http.request(method, path, json=body if method == "POST" else None)
                 if response.status_code >= 400:
                     self._error(rid, response.status_code, ollama_error_message(response.content, response.status_code))
                 else:
@@ -111,8 +113,9 @@ class Requests:
         finally:
             self.active.pop(rid, None)
 
-    async def _chat(self, rid: str, body: dict[str, Any], credit: _Credit) -> None:
-        reply = await http1.post_stream(self.ollama.pool, self.ollama.http, "/api/chat", json.dumps(body).encode(),
+    async def _stream(self, rid: str, op: str, body: dict[str, Any], credit: _Credit) -> None:
+        """`/api/chat` or `/api/generate` from the local Ollama, one `res` frame per line."""
+        reply = await http1.post_stream(self.ollama.pool, self.ollama.http, f"/api/{op}", json.dumps(body).encode(),
                                         _FOREVER)
         try:
             if reply.status >= 400:

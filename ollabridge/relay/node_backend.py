@@ -106,12 +106,31 @@ class NodeBackend(Backend):
     async def close(self) -> None:
         self.close_soon(p.CLOSE_GOING_AWAY, "gateway shutting down")
 
+    async def loaded(self) -> list[dict[str, Any]]:
+        """What the node's Ollama has in memory (`ps` op; agents before it report nothing)."""
+        if not self.connected or "ps" not in self.hello.ops:
+            return []
+        try:
+            data = await asyncio.wait_for(self.call("ps", {}), 5)
+        except (BackendError, TimeoutError):
+            return []
+        models = data.get("models")
+        return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+
+    async def ollama_version(self) -> str | None:
+        return self.hello.ollama_version
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "node_id": self.node_id, "gpu": self.hello.gpu,
                 "vram_mb": self.hello.vram_mb}
 
-    async def chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        req = self._open("chat", body)
+    def serves(self, op: str) -> bool:
+        """Ops the node listed in its hello; `chat` (and `show`, which chat implied in early agents)
+        always. An agent without `generate` in its ops is never sent one."""
+        return op in ("chat", "show") or op in self.hello.ops
+
+    async def stream(self, op: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        req = self._open(op, body)
         timeout = self.hub.first_token_timeout
         try:
             while True:
@@ -149,7 +168,7 @@ class NodeBackend(Backend):
         if not self.connected:
             raise BackendError(f"GPU node '{self.name}' is not connected", status=503, retryable=True,
                                backend=self.name)
-        if op != "chat" and op not in self.hello.ops and not (op == "show" and "chat" in self.hello.ops):
+        if not self.serves(op):
             raise BackendError(f"GPU node '{self.name}' does not serve '{op}'", status=501, retryable=True,
                                backend=self.name)
         rid = f"r{next(self._seq)}"

@@ -38,7 +38,8 @@ CLOSE_REASONS = {
     CLOSE_UNSUPPORTED: "unsupported protocol version",
 }
 
-OPS = ("chat", "embed", "embeddings", "show")
+OPS = ("chat", "generate", "embed", "embeddings", "show", "ps")
+STREAMING_OPS = ("chat", "generate")  # answered with a stream of res frames; the others with one
 NODE_TYPES = ("hello", "ping", "pong", "res", "models")
 CLOUD_TYPES = ("welcome", "ping", "pong", "req", "cancel", "credit", "goaway")
 
@@ -109,12 +110,13 @@ class Hello:
     vram_mb: int | None = None
     ops: list[str] = field(default_factory=lambda: list(OPS))
     goaway: bool = False  # the node understands the `goaway` frame
+    ollama_version: str | None = None  # the node's Ollama, for the gateway's /api/version
 
 
     @property
     def capabilities(self) -> dict[str, Any]:
         return {"gpu": self.gpu, "vram_mb": self.vram_mb, "slots": self.slots, "ops": self.ops,
-                "goaway": self.goaway}
+                "goaway": self.goaway, "ollama_version": self.ollama_version}
 
 
 def check_hello(frame: dict[str, Any]) -> Hello:
@@ -141,7 +143,8 @@ def check_hello(frame: dict[str, Any]) -> Hello:
     return Hello(name=name[:64], agent=agent[:100], models=_models(frame.get("models", [])), slots=slots,
                  gpu=str(gpu)[:100] if gpu else None,
                  vram_mb=int(vram) if isinstance(vram, (int, float)) and not isinstance(vram, bool) else None,
-                 ops=[o for o in ops if o in OPS], goaway=caps.get("goaway") is True)
+                 ops=[o for o in ops if o in OPS], goaway=caps.get("goaway") is True,
+                 ollama_version=str(caps["ollama_version"])[:40] if isinstance(caps.get("ollama_version"), str) else None)
 
 
 def check_node_frame(frame: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ does: ModelNotFound when the model is nowhere, NoBackend when no member answers 
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import time
 from typing import Any, Iterable
 
@@ -17,10 +18,12 @@ from ollabridge.errors import ModelNotFound, NoBackend
 
 
 class Pool:
-    def __init__(self, *, models_ttl: float = 5.0, default_model: str = "") -> None:
+    def __init__(self, *, models_ttl: float = 5.0, default_model: str = "",
+                 aliases: Iterable[tuple[str, str]] = ()) -> None:
         self.backends: list[Backend] = []
         self.models_ttl = models_ttl
         self.default_model = default_model
+        self.aliases = list(aliases)  # (glob pattern, served model), first match wins
 
     # -- membership --------------------------------------------------------------------
     def add(self, backend: Backend) -> None:
@@ -57,8 +60,14 @@ class Pool:
         return list(seen.values())
 
     async def resolve_model(self, requested: str | None) -> str:
-        """The model to use: as asked; when omitted, the default, else the first served."""
-        if requested:
+        """The model to use: as asked when some backend serves it; else the first alias whose pattern
+        matches (OLLABRIDGE_MODEL_ALIASES); when omitted or `default`, the default model, else the
+        first served."""
+        if requested and requested != "default":
+            if self.aliases and not self.serving(requested):
+                for pattern, target in self.aliases:
+                    if fnmatch.fnmatchcase(requested, pattern):
+                        return target
             return requested
         names = [m.get("name") or m.get("model") for m in await self.models()]
         if self.default_model in names or not names:

@@ -18,8 +18,9 @@ from ollabridge.routing.slots import Slots
 
 class Router:
     def __init__(self, *, models_ttl: float = 5.0, default_model: str = "", retries: int = 2,
-                 max_queue: int = 64, queue_timeout: float = 60.0) -> None:
-        self.pool = Pool(models_ttl=models_ttl, default_model=default_model)
+                 max_queue: int = 64, queue_timeout: float = 60.0,
+                 aliases: list[tuple[str, str]] | None = None) -> None:
+        self.pool = Pool(models_ttl=models_ttl, default_model=default_model, aliases=aliases or ())
         self.slots = Slots(self.pool, max_queue=max_queue, queue_timeout=queue_timeout)
         self.serving = Serving(self.pool, self.slots, retries=retries)
 
@@ -53,7 +54,7 @@ class Router:
         return await self.pool.models()
 
     async def resolve_model(self, requested: str | None) -> str:
-        """The model to use: as asked; when omitted, the default, else the first served."""
+        """The model to use: as asked, through an alias, or (omitted or `default`) the default."""
         return await self.pool.resolve_model(requested)
 
     async def candidates(self, model: str) -> list[Backend]:
@@ -64,13 +65,17 @@ class Router:
         """Hold a slot on the best backend for `model`, waiting in the queue when all are full."""
         return self.slots.lease(model, exclude)
 
-    def chat(self, body: dict[str, Any], served: dict[str, Any] | None = None
-             ) -> AsyncIterator[dict[str, Any]]:
+    def chat(self, body: dict[str, Any], served: dict[str, Any] | None = None,
+             relax_think: bool = False) -> AsyncIterator[dict[str, Any]]:
         """Stream `/api/chat` objects for `body`, retrying elsewhere before the first chunk.
 
         `served`, when given, is filled with the name and kind of the backend that answered.
         """
-        return self.serving.chat(body, served)
+        return self.serving.stream("chat", body, served, relax_think)
+
+    def generate(self, body: dict[str, Any], served: dict[str, Any] | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Stream `/api/generate` objects for `body`, as `chat` does."""
+        return self.serving.stream("generate", body, served)
 
     async def call(self, op: str, body: dict[str, Any], served: dict[str, Any] | None = None
                    ) -> dict[str, Any]:

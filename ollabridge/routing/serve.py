@@ -1,9 +1,13 @@
 """Serving a request on a leased backend, and counting the tokens it made.
 
-Streaming chat and one-shot calls (embed, embeddings, show) go through one retry loop: a backend
-that fails retryably before anything reached the caller is left for another that serves the
+Streams (chat, generate) and one-shot calls (embed, embeddings, show) go through one retry loop: a
+backend that fails retryably before anything reached the caller is left for another that serves the
 model, at most `retries` times; once a chunk was sent the failure reaches the caller, never a
-silent restart elsewhere. A chat's last chunk adds its tokens and speed to the backend's stats.
+silent restart elsewhere. Backends that cannot do the op (relay nodes on an older agent) are never
+sent it. With `relax_think`, a `think` the model cannot honour ("does not support thinking") is
+dropped and the request sent again: API families whose clients always ask for thinking (Claude
+Code) still get an answer from models that do not think. A stream's last chunk adds its tokens and
+speed to the backend's stats.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import time
 from typing import Any, AsyncIterator, Callable, TypeVar
 
 from ollabridge.backends.base import Backend
-from ollabridge.errors import BackendError
+from ollabridge.errors import BackendError, NoBackend
 from ollabridge.routing.pool import Pool
 from ollabridge.routing.slots import Slots
 
@@ -25,45 +29,65 @@ class Serving:
         self.slots = slots
         self.retries = retries
 
-    def chat(self, body: dict[str, Any], served: dict[str, Any] | None = None
-             ) -> AsyncIterator[dict[str, Any]]:
-        """Stream `/api/chat` objects for `body`, retrying elsewhere before the first chunk.
+    def stream(self, op: str, body: dict[str, Any], served: dict[str, Any] | None = None,
+               relax_think: bool = False) -> AsyncIterator[dict[str, Any]]:
+        """Stream the `op` objects ("chat": `/api/chat`, "generate": `/api/generate`) for `body`,
+        retrying elsewhere before the first chunk.
 
         `served`, when given, is filled with the name and kind of the backend that answered, and
         with its final chunk under "done".
         """
-        return self._serve(body, served, lambda backend: Metered(backend, backend.chat(body), served))
+        return self._serve(op, body, served, relax_think,
+                           lambda backend, sent: Metered(backend, backend.stream(op, sent), served))
 
     async def call(self, op: str, body: dict[str, Any], served: dict[str, Any] | None = None
                    ) -> dict[str, Any]:
         """A one-shot native call (embed, embeddings, show) on a backend with the model."""
-        async def once(backend: Backend) -> AsyncIterator[dict[str, Any]]:
-            yield await backend.call(op, body)
+        async def once(backend: Backend, sent: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+            yield await backend.call(op, sent)
 
         # Drained, not abandoned after the first item: the slot is free again when this returns.
-        [result] = [item async for item in self._serve(body, served, once)]
+        [result] = [item async for item in self._serve(op, body, served, False, once)]
         return result
 
-    async def _serve(self, body: dict[str, Any], served: dict[str, Any] | None,
-                     run: Callable[[Backend], AsyncIterator[T]]) -> AsyncIterator[T]:
-        """The items `run(backend)` makes on a leased backend; on a retryable BackendError before
-        the first item, the same again on a backend not tried yet."""
-        tried: set[int] = set()
+    async def _serve(self, op: str, body: dict[str, Any], served: dict[str, Any] | None, relax_think: bool,
+                     run: Callable[[Backend, dict[str, Any]], AsyncIterator[T]]) -> AsyncIterator[T]:
+        """The items `run(backend, body)` makes on a leased backend; on a retryable BackendError
+        before the first item, the same again on a backend not tried yet."""
         model = body.get("model", "")
+        tried: set[int] = {id(b) for b in self.pool.backends if not b.serves(op)}
+        if tried:
+            await self._some_can(op, model, tried)
+        attempts = 0
         while True:
             sent = False
             try:
                 async with self.slots.lease(model, tried) as backend:
+                    attempts += 1
                     tried.add(id(backend))
                     if served is not None:
                         served.update(backend=backend.name, kind=backend.kind)
-                    async for item in run(backend):
+                    async for item in run(backend, body):
                         sent = True
                         yield item
                     return
             except BackendError as exc:
-                if sent or not exc.retryable or len(tried) > self.retries or not self.pool.serving(model, tried):
+                if not sent and relax_think and "think" in body and _cannot_think(exc):
+                    body = {k: v for k, v in body.items() if k != "think"}
+                    tried.discard(id(backend))  # the same backend, without the hint
+                    continue
+                if sent or not exc.retryable or attempts > self.retries or not self.pool.serving(model, tried):
                     raise
+
+    async def _some_can(self, op: str, model: str, cannot: set[int]) -> None:
+        """NoBackend when every backend with `model` is one that cannot do `op`."""
+        if all(id(b) in cannot for b in await self.pool.candidates(model)):
+            raise NoBackend(f"No backend serving '{model}' can answer '{op}': its GPU nodes run an older "
+                            "agent; update ollabridge on them.", headers={"Retry-After": "30"})
+
+
+def _cannot_think(exc: BackendError) -> bool:
+    return exc.status == 400 and "does not support thinking" in exc.message
 
 
 class Metered:

@@ -30,6 +30,22 @@ class NativeChatRequest(_Native):
     keep_alive: Optional[Union[str, int, float]] = None
 
 
+class NativeGenerateRequest(_Native):
+    model: str = Field(..., min_length=1)
+    prompt: Optional[str] = None
+    suffix: Optional[str] = None
+    system: Optional[str] = None
+    template: Optional[str] = None
+    raw: Optional[bool] = None
+    images: Optional[list[str]] = None
+    stream: bool = True
+    format: Optional[Union[str, dict[str, Any]]] = None
+    options: Optional[dict[str, Any]] = None
+    think: Optional[Union[bool, str]] = None
+    keep_alive: Optional[Union[str, int, float]] = None
+    context: Optional[list[int]] = None
+
+
 class NativeEmbedRequest(_Native):
     model: str = Field(..., min_length=1)
     input: Union[str, list[str]]
@@ -47,3 +63,7 @@ class NativeShowRequest(_Native):
 
 class NativeError(BaseModel):
     error: str
+
+
+class NativeVersion(BaseModel):
+    version: str

@@ -1,20 +1,30 @@
-"""Ollama's native API, passed through to whichever backend has the model."""
+"""Ollama's native API, passed through to whichever backend has the model, and `GET /ollama/`."""
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from ollabridge import __version__
 from ollabridge.api.ollama import convert
 from ollabridge.api.ollama.protocol import (NativeChatRequest, NativeEmbeddingsRequest, NativeEmbedRequest,
-                                            NativeError, NativeShowRequest)
+                                            NativeError, NativeGenerateRequest, NativeShowRequest, NativeVersion)
 from ollabridge.api.streaming import ndjson_stream, start
 from ollabridge.edge import context as edge
 from ollabridge.errors import BadRequest, Forbidden
 from ollabridge.gateway import Gateway
 
 router = APIRouter(prefix="/api", tags=["Ollama native"])
+root = APIRouter(tags=["Ollama native"])
+
+
+@root.api_route("/ollama", methods=["GET", "HEAD"], response_class=PlainTextResponse, include_in_schema=False)
+@root.api_route("/ollama/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
+async def running():
+    """What Ollama answers at its root (clients probe it): `Ollama is running`."""
+    return "Ollama is running"
 
 _ERRORS = {400: {"model": NativeError}, 403: {"model": NativeError}, 404: {"model": NativeError},
            502: {"model": NativeError}, 503: {"model": NativeError}}
@@ -28,19 +38,35 @@ def _as_sent(body) -> dict:
     return body.model_dump(exclude_unset=True, by_alias=True)
 
 
-@router.post("/chat", responses=_ERRORS)
-async def chat(body: NativeChatRequest, request: Request):
-    """Chat; NDJSON stream (default) or one object with `stream: false`, as the backend wrote it."""
-    payload = _as_sent(body)
-    gateway = _gateway(request)
-    stream = gateway.router.chat(payload, edge.track(request, body.model))
-    if gateway.settings.log_content:
-        stream = edge.with_content(request, payload.get("messages"), stream)
+async def _native(request: Request, body, stream):
+    """Answer a native stream as Ollama does: NDJSON, or with `stream: false` its one object."""
+    if request.app.state.gateway.settings.log_content:
+        stream = edge.with_content(request, getattr(body, "messages", None) or getattr(body, "prompt", None), stream)
     first = await start(stream)
     if not body.stream:
         await stream.aclose()
         return JSONResponse(first)
     return StreamingResponse(ndjson_stream(first, stream), media_type="application/x-ndjson")
+
+
+@router.post("/chat", responses=_ERRORS)
+async def chat(body: NativeChatRequest, request: Request):
+    """Chat; NDJSON stream (default) or one object with `stream: false`, as the backend wrote it."""
+    gateway = _gateway(request)
+    model = await gateway.router.resolve_model(body.model)
+    stream = gateway.router.chat({**_as_sent(body), "model": model}, edge.track(request, model))
+    return await _native(request, body, stream)
+
+
+@router.post("/generate", responses=_ERRORS)
+async def generate(body: NativeGenerateRequest, request: Request):
+    """Generate from a prompt (suffix, system, template, raw, images, format, options, think,
+    keep_alive, context), on any backend with the model: GPU nodes too. `prompt: ""` loads the model,
+    with `keep_alive: 0` unloads it, as Ollama does."""
+    gateway = _gateway(request)
+    model = await gateway.router.resolve_model(body.model)
+    stream = gateway.router.generate({**_as_sent(body), "model": model}, edge.track(request, model))
+    return await _native(request, body, stream)
 
 
 @router.get("/tags")
@@ -67,10 +93,13 @@ async def show(body: NativeShowRequest, request: Request):
     return await _gateway(request).router.call("show", {**_as_sent(body), "model": model}, edge.track(request, model))
 
 
-@router.get("/version")
+@router.api_route("/version", methods=["GET", "HEAD"], response_model=NativeVersion)
 async def version(request: Request):
-    """The gateway's Ollama's version when it answers, else the gateway's own."""
-    return {"version": await _gateway(request).ollama.version() or __version__}
+    """The lowest Ollama version among the backends that report one (as Open WebUI reads it, dotted
+    integers), else the gateway's own."""
+    backends = _gateway(request).router.backends
+    reported = await asyncio.gather(*(b.ollama_version() for b in backends))
+    return {"version": convert.lowest_version(reported) or __version__}
 
 
 @router.get("/ps")

@@ -14,8 +14,12 @@ import time
 from typing import Any, Iterable
 
 from ollabridge.api.openai.protocol import ChatCompletionRequest, ChatMessage, EmbeddingRequest
+from ollabridge.errors import BadRequest
 
 _FINISH = {"stop": "stop", "length": "length", "load": "stop", "unload": "stop"}
+# reasoning_effort → Ollama's think (as Ollama maps it): none turns thinking off, the levels pass on.
+THINK_EFFORTS: dict[str, bool | str] = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
+                                        "high": "high", "xhigh": "high", "max": "high"}
 
 
 def new_completion_id() -> str:
@@ -27,7 +31,15 @@ def new_call_id() -> str:
 
 
 # -- requests ---------------------------------------------------------------------------
-def _message_to_ollama(message: ChatMessage) -> dict[str, Any]:
+def _image(url: str) -> str:
+    if not url.startswith("data:"):
+        raise BadRequest("Image URLs are not fetched: send the image as a data URL "
+                         "(data:image/png;base64,...); the gateway fetches nothing for a caller.", param="messages")
+    return url.split(",", 1)[1] if "," in url else ""
+
+
+def _message_to_ollama(message: ChatMessage, names: dict[str, str]) -> dict[str, Any]:
+    """One message; `names` maps the tool-call ids seen so far to their function names."""
     role = "system" if message.role == "developer" else message.role
     role = "tool" if role == "function" else role
     out: dict[str, Any] = {"role": role, "content": ""}
@@ -40,16 +52,28 @@ def _message_to_ollama(message: ChatMessage) -> dict[str, Any]:
                 texts.append(part.text)
             elif part.type == "image_url" and part.image_url:
                 url = part.image_url if isinstance(part.image_url, str) else part.image_url.get("url", "")
-                images.append(url.split(",", 1)[1] if url.startswith("data:") else url)
+                images.append(_image(url))
         out["content"] = "\n".join(texts)
         if images:
             out["images"] = images
+    thinking = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
+    if role == "assistant" and isinstance(thinking, str) and thinking:
+        out["thinking"] = thinking
     if message.tool_calls:
-        out["tool_calls"] = [{"function": {"name": call.function.name,
-                                           "arguments": _arguments(call.function.arguments)}}
-                             for call in message.tool_calls]
-    if role == "tool" and message.name:
-        out["tool_name"] = message.name
+        out["tool_calls"] = []
+        for call in message.tool_calls:
+            entry: dict[str, Any] = {"function": {"name": call.function.name,
+                                                  "arguments": _arguments(call.function.arguments)}}
+            if call.id:
+                entry["id"] = call.id
+                names[call.id] = call.function.name
+            out["tool_calls"].append(entry)
+    if role == "tool":
+        if message.tool_call_id:
+            out["tool_call_id"] = message.tool_call_id
+        name = message.name or names.get(message.tool_call_id or "")
+        if name:
+            out["tool_name"] = name
     return out
 
 
@@ -81,8 +105,16 @@ def chat_request_to_ollama(req: ChatCompletionRequest, model: str) -> dict[str, 
         options["frequency_penalty"] = req.frequency_penalty
     if req.presence_penalty is not None:
         options["presence_penalty"] = req.presence_penalty
-    body: dict[str, Any] = {"model": model, "messages": [_message_to_ollama(m) for m in req.messages],
+    names: dict[str, str] = {}
+    body: dict[str, Any] = {"model": model, "messages": [_message_to_ollama(m, names) for m in req.messages],
                             "stream": True, "options": options}
+    effort = req.reasoning_effort or (req.reasoning or {}).get("effort")
+    if effort:
+        body["think"] = THINK_EFFORTS.get(effort, effort)
+    if req.logprobs:
+        body["logprobs"] = True
+        if req.top_logprobs:
+            body["top_logprobs"] = req.top_logprobs
     fmt = req.response_format
     if fmt is not None and fmt.type == "json_object":
         body["format"] = "json"
@@ -130,9 +162,12 @@ class StreamTranslator:
         self.tool_calls = 0
         self._role_sent = False
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+        if logprobs:
+            choice["logprobs"] = {"content": logprobs}
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                "model": self.model, "choices": [choice]}
 
     def translate(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
         """The OpenAI chunks (zero or more) that stand for one Ollama object."""
@@ -141,16 +176,19 @@ class StreamTranslator:
         if not self._role_sent:
             delta["role"] = "assistant"
             self._role_sent = True
+        if message.get("thinking"):
+            delta["reasoning_content"] = message["thinking"]
         if message.get("content"):
             delta["content"] = message["content"]
         if message.get("tool_calls"):
             delta["tool_calls"] = _tool_calls(message["tool_calls"], self.tool_calls)
             self.tool_calls += len(message["tool_calls"])
+        logprobs = chunk.get("logprobs")
         if not chunk.get("done"):
-            return [self._chunk(delta)] if delta else []
+            return [self._chunk(delta, logprobs=logprobs)] if delta else []
         out = []
         if delta.keys() - {"role"}:
-            out.append(self._chunk(delta))
+            out.append(self._chunk(delta, logprobs=logprobs))
             delta = {}
         final = self._chunk(delta, self.finish_reason(chunk))
         final["usage"] = usage_from(chunk)
@@ -169,24 +207,33 @@ class StreamTranslator:
 def aggregate_completion(chunks: Iterable[dict[str, Any]], model: str) -> dict[str, Any]:
     """All Ollama `/api/chat` objects of one reply → one OpenAI `chat.completion`."""
     content: list[str] = []
+    thinking: list[str] = []
     calls: list[dict[str, Any]] = []
+    logprobs: list[Any] = []
     last: dict[str, Any] = {}
     for chunk in chunks:
         message = chunk.get("message") or {}
         if message.get("content"):
             content.append(message["content"])
+        if message.get("thinking"):
+            thinking.append(message["thinking"])
         if message.get("tool_calls"):
             calls.extend(message["tool_calls"])
+        if isinstance(chunk.get("logprobs"), list):
+            logprobs.extend(chunk["logprobs"])
         last = chunk
     text = "".join(content)
     result_message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
+    if thinking:
+        result_message["reasoning_content"] = "".join(thinking)
     finish = _FINISH.get(last.get("done_reason") or "stop", "stop")
     if calls:
         result_message["tool_calls"] = [{k: v for k, v in call.items() if k != "index"}
                                         for call in _tool_calls(calls, 0)]
         finish = "tool_calls"
     return {"id": new_completion_id(), "object": "chat.completion", "created": int(time.time()),
-            "model": model, "choices": [{"index": 0, "message": result_message, "finish_reason": finish}],
+            "model": model, "choices": [{"index": 0, "message": result_message, "finish_reason": finish,
+                                         **({"logprobs": {"content": logprobs}} if logprobs else {})}],
             "usage": usage_from(last)}
 
 

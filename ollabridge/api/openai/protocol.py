@@ -83,6 +83,11 @@ class ChatCompletionRequest(_Open):
     response_format: Optional[ResponseFormat] = None
     tools: Optional[list[Tool]] = None
     tool_choice: Optional[Union[str, dict[str, Any]]] = None
+    reasoning_effort: Optional[Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]] = Field(
+        None, description="→ Ollama's think; the model's thinking comes back as `reasoning_content`")
+    reasoning: Optional[dict[str, Any]] = Field(None, description="`{effort}`, as reasoning_effort")
+    logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
 
 
 class EmbeddingRequest(_Open):
@@ -123,13 +128,29 @@ class ChunkToolCall(ResponseToolCall):
 class ResponseMessage(_Answer):
     role: Literal["assistant"] = "assistant"
     content: Optional[str] = None
+    reasoning_content: Optional[str] = Field(None, description="The model's thinking (Ollama's `thinking`)")
     tool_calls: Optional[list[ResponseToolCall]] = None
+
+
+class TopLogprob(_Answer):
+    token: str
+    logprob: float
+    bytes: Optional[list[int]] = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = []
+
+
+class ChoiceLogprobs(_Answer):
+    content: list[TokenLogprob]
 
 
 class Choice(_Answer):
     index: int = 0
     message: ResponseMessage
     finish_reason: Optional[str] = None
+    logprobs: Optional[ChoiceLogprobs] = None
 
 
 class ChatCompletion(_Answer):
@@ -145,6 +166,7 @@ class ChatCompletion(_Answer):
 class ChunkDelta(_Answer):
     role: Optional[str] = None
     content: Optional[str] = None
+    reasoning_content: Optional[str] = None
     tool_calls: Optional[list[ChunkToolCall]] = None
 
 
@@ -152,6 +174,7 @@ class ChunkChoice(_Answer):
     index: int = 0
     delta: ChunkDelta
     finish_reason: Optional[str] = None
+    logprobs: Optional[ChoiceLogprobs] = None
 
 
 class ChatCompletionChunk(_Answer):

@@ -1,16 +1,19 @@
-"""OpenAI-compatible routes: `/v1/chat/completions`, `/v1/models`, `/v1/embeddings`."""
+"""OpenAI-compatible routes: `/v1/chat/completions`, `/v1/responses`, `/v1/completions`, `/v1/models`,
+`/v1/embeddings`."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from ollabridge.api.openai import convert
+from ollabridge.api.openai import completions, convert, responses_convert
 from ollabridge.api.openai.sse import ChatSSE
 from ollabridge.api.sse_response import SSEResponse
 from ollabridge.api.openai.protocol import (ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
                                             EmbeddingRequest, EmbeddingResponse, ErrorResponse, ModelList)
-from ollabridge.api.streaming import start
+from ollabridge.api.openai.responses_protocol import Response, ResponsesRequest
+from ollabridge.api.openai.responses_sse import ResponseSSE
+from ollabridge.api.streaming import collect
 from ollabridge.edge import context as edge
 from ollabridge.errors import ModelNotFound
 from ollabridge.gateway import Gateway
@@ -43,12 +46,43 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         # The first chunk is awaited inside, with keep-alives meanwhile (OLLABRIDGE_KEEPALIVE; 0: none).
         return SSEResponse(stream, encoder, gateway.settings.keepalive_s, request.url.path,
                            edge.context(request))
-    first = await start(stream)
-    chunks = [first]
-    if not first.get("done"):
-        async for chunk in stream:
-            chunks.append(chunk)
-    return JSONResponse(convert.aggregate_completion(chunks, model))
+    return JSONResponse(convert.aggregate_completion(await collect(stream), model))
+
+
+@router.post("/v1/responses", response_model=Response, responses={
+    **_ERRORS, 200: {"description": "A Response, or with `stream: true` its typed SSE events (response.created "
+                     "... response.completed, or response.failed), each with a sequence_number.",
+                     "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+async def responses(body: ResponsesRequest, request: Request):
+    """The Responses API, stateless as Ollama serves it (what Codex CLI speaks)."""
+    gateway = _gateway(request)
+    model = await gateway.router.resolve_model(body.model)
+    payload, namespaced = responses_convert.responses_request_to_ollama(body, model)
+    stream = gateway.router.chat(payload, edge.track(request, model), relax_think=True)
+    if gateway.settings.log_content:
+        stream = edge.with_content(request, payload, stream)
+    if body.stream:
+        return SSEResponse(stream, ResponseSSE(body, model, namespaced), gateway.settings.keepalive_s,
+                           request.url.path, edge.context(request))
+    return JSONResponse(responses_convert.aggregate_response(await collect(stream), body, model, namespaced))
+
+
+@router.post("/v1/completions", response_model=completions.Completion, responses={
+    **_ERRORS, 200: {"description": "A text_completion, or with `stream: true` an SSE stream of them ending "
+                     "in `data: [DONE]`.", "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+async def text_completions(body: completions.CompletionRequest, request: Request):
+    """Legacy completions on Ollama's generate: a prompt, and `suffix` for fill-in-the-middle."""
+    gateway = _gateway(request)
+    model = await gateway.router.resolve_model(body.model)
+    payload = completions.completion_request_to_ollama(body, model)
+    stream = gateway.router.generate(payload, edge.track(request, model))
+    if gateway.settings.log_content:
+        stream = edge.with_content(request, payload.get("prompt"), stream)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return SSEResponse(stream, completions.CompletionSSE(model, include_usage), gateway.settings.keepalive_s,
+                           request.url.path, edge.context(request))
+    return JSONResponse(completions.aggregate_completion(await collect(stream), model))
 
 
 @router.get("/v1/models", response_model=ModelList)
