@@ -192,7 +192,7 @@ class Bench:
 
     def measure(self, name: str, spec: dict[str, Any], count_key: str) -> dict[str, Any]:
         """Run one load generator and charge the proxy's CPU time to each request it served."""
-        pid = self.pids.get(name.removesuffix("_native"))
+        pid = self.pids.get(name.split("_", 1)[0])  # gateway_native, gateway_messages ... are the gateway
         before = cpu_seconds(pid)
         res = loadgen(spec)
         used = cpu_seconds(pid) - before
@@ -200,8 +200,22 @@ class Bench:
         res["cpu_us_per_request"] = used / served * 1e6 if pid and served else None
         return res
 
+    def api_targets(self) -> list[tuple[str, int, str, bool]]:
+        """Figure 1's extra rows: the Anthropic and Responses families, on the gateway and on LiteLLM."""
+        out = [("gateway_messages", self.ports["gateway"], "/v1/messages", True),
+               ("gateway_responses", self.ports["gateway"], "/v1/responses", True)]
+        if self.has_litellm:
+            out += [("litellm_messages", self.ports["litellm"], "/v1/messages", True),
+                    ("litellm_responses", self.ports["litellm"], "/v1/responses", True)]
+        return out
+
     @staticmethod
     def body(name: str, model: str, stream: bool) -> dict[str, Any]:
+        """The same chat in each target's wire family."""
+        if name.endswith("_messages"):
+            return {"model": model, "max_tokens": 64, "messages": MSG, "stream": stream}
+        if name.endswith("_responses"):
+            return {"model": model, "input": MSG, "stream": stream}
         return {"model": model, "messages": MSG, "stream": stream}
 
     def fig1_latency(self) -> dict[str, Any]:
@@ -209,7 +223,7 @@ class Bench:
         rounds: list[dict[str, Any]] = []
         for r in range(self.args.rounds):
             row = {}
-            for name, port, path, _ in self.targets():
+            for name, port, path, _ in self.targets() + self.api_targets():
                 row[name] = self.measure(name, {"mode": "latency", "port": port, "path": path, "n": n,
                                                 "warmup": 20, "body": self.body(name, "fast", False)}, "all_requests")
             rounds.append(row)
@@ -569,6 +583,14 @@ def evaluate(res: dict[str, Any]) -> list[dict[str, Any]]:
         row("1", "added latency p99, gateway − direct", fmt(a["gateway"]["p99"], 1e-3, 3, " ms"), "—", None)
         row("1", "added latency p50, gateway native /ollama/api/chat − direct",
             fmt(a["gateway_native"]["p50"], 1e-3, 3, " ms"), "—", None)
+        for family, route in (("messages", "/v1/messages (Anthropic)"), ("responses", "/v1/responses")):
+            if f"gateway_{family}" in a:
+                v = a[f"gateway_{family}"]["p50"]
+                row("1", f"added latency p50, gateway {route} − direct", fmt(v, 1e-3, 3, " ms"), "≤ 1.0 ms",
+                    v["median"] <= 1000)
+            if f"litellm_{family}" in a:
+                row("1", f"added latency p50, LiteLLM {route} − direct",
+                    fmt(a[f"litellm_{family}"]["p50"], 1e-3, 3, " ms"), "—", None)
         if "litellm" in a:
             row("1", "added latency p50, LiteLLM − direct", fmt(a["litellm"]["p50"], 1e-3, 3, " ms"), "—", None)
             row("1", "added latency p99, LiteLLM − direct", fmt(a["litellm"]["p99"], 1e-3, 3, " ms"), "—", None)
