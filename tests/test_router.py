@@ -28,6 +28,7 @@ class Scripted(Backend):
         self.model_names = models
         self.fail_before, self.fail_after, self.gate, self.starts = fail_before, fail_after, gate, starts
         self.served = 0
+        self.order: list = []  # the "n" of each chat body, in the order the chats started
         self.refused = asyncio.Event()
 
     @property
@@ -39,6 +40,7 @@ class Scripted(Backend):
 
     async def chat(self, body):
         self.served += 1
+        self.order.append(body.get("n"))
         if self.starts is not None:
             self.starts.put_nowait(self.name)
         if self.fail_before:
@@ -61,10 +63,10 @@ class Scripted(Backend):
         return BackendHealth(True)
 
 
-async def _reply(router, model="a"):
+async def _reply(router, model="a", n=None):
     served = {}
     async with asyncio.timeout(TIMEOUT):
-        chunks = [c async for c in router.chat({"model": model, "messages": []}, served)]
+        chunks = [c async for c in router.chat({"model": model, "messages": [], "n": n}, served)]
     return chunks[0]["message"]["content"], served
 
 
@@ -189,3 +191,27 @@ async def test_default_model_falls_back_to_first_served():
     router.add(Scripted("one", ["gemma3:270m"]))
     assert await router.resolve_model(None) == "gemma3:270m"
     assert await router.resolve_model("x") == "x"
+
+
+async def test_queue_is_first_come_first_served_and_a_newcomer_waits_its_turn():
+    gate, starts = asyncio.Event(), asyncio.Queue()
+    node = Scripted("node", ["a"], slots=1, gate=gate, starts=starts)
+    router = Router(queue_timeout=30)
+    router.add(node)
+    holder = asyncio.create_task(_reply(router, n="holder"))
+    assert await _started(starts, 1) == ["node"]
+    waiters = []
+    for n in range(4):  # each in the queue before the next arrives
+        node.refused.clear()
+        waiters.append(asyncio.create_task(_reply(router, n=n)))
+        await asyncio.wait_for(node.refused.wait(), TIMEOUT)
+        assert router.waiting == n + 1
+    waiters[1].cancel()  # a client that gave up leaves the line without holding anyone up
+    with pytest.raises(asyncio.CancelledError):
+        await waiters[1]
+    assert router.waiting == 3
+    gate.set()  # the slot frees: the holder ends, and a newcomer arrives at that very moment
+    newcomer = asyncio.create_task(_reply(router, n="newcomer"))
+    await asyncio.gather(holder, newcomer, waiters[0], *waiters[2:])
+    assert node.order == ["holder", 0, 2, 3, "newcomer"]
+    assert (router.waiting, node.stats.in_flight) == (0, 0)

@@ -4,7 +4,8 @@
   the union of models, the default model, and which backends serve a model (ModelNotFound,
   NoBackend when none answers);
 - `slots`: leasing: the best free backend by priority then load, within its slots, and the
-  bounded wait queue with its timeout, woken by `notify`;
+  bounded wait queue with its timeout, first come first served (`notify` hands freed slots to
+  the waiters in arrival order);
 - `serve`: serving: one retry loop for streaming chat and one-shot calls (another backend before
   the first chunk reached the caller, never after), and the tokens each chat made.
 
