@@ -22,7 +22,8 @@ class Scripted(Backend):
     """
 
     def __init__(self, name, models, *, priority=10, slots=None, fail_before=False, fail_after=False,
-                 gate: asyncio.Event | None = None, starts: asyncio.Queue | None = None):
+                 gate: asyncio.Event | None = None, starts: asyncio.Queue | None = None,
+                 lists: asyncio.Event | None = None):
         super().__init__(name, slots)
         self.priority = priority
         self.model_names = models
@@ -30,6 +31,8 @@ class Scripted(Backend):
         self.served = 0
         self.order: list = []  # the "n" of each chat body, in the order the chats started
         self.refused = asyncio.Event()
+        self.lists = lists  # when given, a model-list fetch answers only once it is set (never: a black hole)
+        self.fetches = self.fetching_now = self.most_fetching = 0
 
     @property
     def available(self):
@@ -57,7 +60,15 @@ class Scripted(Backend):
         return {"op": op, "by": self.name}
 
     async def fetch_models(self):
-        return [{"name": n, "model": n} for n in self.model_names]
+        self.fetches += 1
+        self.fetching_now += 1
+        self.most_fetching = max(self.most_fetching, self.fetching_now)
+        try:
+            if self.lists is not None:
+                await self.lists.wait()
+            return [{"name": n, "model": n} for n in self.model_names]
+        finally:
+            self.fetching_now -= 1
 
     async def health(self):
         return BackendHealth(True)
@@ -215,3 +226,34 @@ async def test_queue_is_first_come_first_served_and_a_newcomer_waits_its_turn():
     await asyncio.gather(holder, newcomer, waiters[0], *waiters[2:])
     assert node.order == ["holder", 0, 2, 3, "newcomer"]
     assert (router.waiting, node.stats.in_flight) == (0, 0)
+
+
+async def test_a_black_holed_backend_stalls_no_request_for_a_model_served_elsewhere():
+    """Every list is stale on every request (TTL 0): the healthy backend's model is served at once
+    while the black hole's one fetch never ends, and no backend is fetched twice at a time."""
+    hole = Scripted("hole", ["h"], lists=asyncio.Event())
+    good = Scripted("good", ["a"])
+    router = Router(models_ttl=0)
+    router.add(hole)
+    router.add(good)
+    replies = [await _reply(router) for _ in range(20)]  # _reply fails after TIMEOUT: a stall fails
+    assert {name for name, _ in replies} == {"good"}
+    assert hole.fetches == 1 and hole.most_fetching == 1 and good.most_fetching == 1
+    await asyncio.gather(*(good.models(0) for _ in range(3)), good.models(60))  # forced ones wait their turn
+    assert good.most_fetching == 1
+    await router.close()
+
+
+async def test_an_unknown_model_does_not_force_a_fetch_from_every_backend():
+    one, two = Scripted("one", ["a"]), Scripted("two", ["b"])
+    router = Router(models_ttl=60)
+    router.add(one)
+    router.add(two)
+    assert (await _reply(router, "b"))[0] == "two"
+    for _ in range(10):
+        with pytest.raises(ModelNotFound) as err:
+            await _reply(router, "zzz")
+        assert "a, b" in err.value.message
+    assert (one.fetches, two.fetches) == (1, 1)  # the first fetch only; TTL not reached
+    await router.refresh(force=True)  # something changed (a pull): every list is fetched anew
+    assert (one.fetches, two.fetches) == (2, 2)

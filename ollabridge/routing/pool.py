@@ -1,9 +1,15 @@
 """Which backends there are and which models they serve.
 
 The pool holds the members (the local Ollama, extra upstreams, GPU nodes as they join and leave)
-and their model lists, refreshed when older than `models_ttl`. From those it answers: the union of
-the models, the model to use when none was asked for, and which members serve a model (or why none
-does: ModelNotFound when the model is nowhere, NoBackend when no member answers at all).
+and their model lists, refreshed in the background when older than `models_ttl`, one fetch per
+member at a time. From those it answers: the union of the models, the model to use when none was
+asked for, and which members serve a model (or why none does: ModelNotFound when the model is
+nowhere, NoBackend when no member answers at all).
+
+A request never waits for a list it does not need: a model some member lists is served at once
+however slow another member is (a dead or black-holed upstream); only a model no list has yet
+waits, and only for the fetches already under way (a first fetch, or one due by the TTL) of
+members that answered last time, never forcing new ones.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ class Pool:
     # -- membership --------------------------------------------------------------------
     def add(self, backend: Backend) -> None:
         self.backends.append(backend)
+        backend.refresh_soon(self.models_ttl)  # its list is on its way before the first request
 
     def remove(self, backend: Backend) -> None:
         if backend in self.backends:
@@ -35,19 +42,38 @@ class Pool:
         return [b for b in self.backends if b.has_model(model) and id(b) not in exclude]
 
     # -- models ------------------------------------------------------------------------
+    def refresh_soon(self) -> None:
+        """Start, in the background, the fetch of every list older than `models_ttl` (none waits)."""
+        for backend in self.backends:
+            backend.refresh_soon(self.models_ttl)
+
     async def refresh(self, force: bool = False) -> None:
+        """Fetch the stale lists (all of them when `force`: something changed) and wait for them."""
         ttl = 0.0 if force else self.models_ttl
-        # On the hot path every list is fresh: skip gather's tasks (it costs more than the check).
-        now = time.monotonic()
-        stale = [b for b in self.backends if now - b._models_at >= ttl]
-        if len(stale) == 1:
-            await stale[0].models(ttl)
-        elif stale:
-            await asyncio.gather(*(b.models(ttl) for b in stale))
+        await asyncio.gather(*(b.models(ttl) for b in self.backends))
+
+    async def _first_lists(self) -> None:
+        """Wait for the first fetch of members never fetched yet (right after start)."""
+        first = [b.fetching for b in self.backends if b.fetching is not None and not b._models_at]
+        if first:
+            await asyncio.wait(first)
+
+    async def _listed(self, model: str) -> list[Backend]:
+        """Wait for the fetches under way, but for those of members that failed their last one, until
+        a member serves `model`; those that do ([] when none)."""
+        pending = {b.fetching for b in self.backends
+                   if b.fetching is not None and (b.reachable or not b._models_at)}
+        while pending:
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            found = self.serving(model)
+            if found:
+                return found
+        return self.serving(model)
 
     async def models(self) -> list[dict[str, Any]]:
         """The union of every backend's models (first backend's entry wins a name)."""
-        await self.refresh()
+        self.refresh_soon()
+        await self._first_lists()
         seen: dict[str, dict[str, Any]] = {}
         for backend in sorted(self.backends, key=lambda b: b.priority):
             for entry in backend.cached_models():
@@ -66,13 +92,10 @@ class Pool:
         return names[0]
 
     async def candidates(self, model: str) -> list[Backend]:
-        await self.refresh()
-        found = self.serving(model)
-        if not found:  # a model pulled a moment ago: look once more, fresh
-            await self.refresh(force=True)
-            found = self.serving(model)
+        self.refresh_soon()
+        found = self.serving(model) or await self._listed(model)
         if not found:
-            if not any(b.reachable for b in self.backends):
+            if not any(b.reachable or b.cached_models() for b in self.backends):
                 raise NoBackend("No backend is up: " + "; ".join(
                     f"{b.name} does not answer" for b in self.backends) + ".", headers={"Retry-After": "5"})
             names = sorted({m.get("name") or m.get("model") for m in await self.models()} - {None})
@@ -85,4 +108,6 @@ class Pool:
         return [m for models in results for m in models]
 
     async def close(self) -> None:
+        for backend in self.backends:
+            backend.stop_fetching()
         await asyncio.gather(*(b.close() for b in self.backends), return_exceptions=True)
