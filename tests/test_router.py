@@ -257,3 +257,44 @@ async def test_an_unknown_model_does_not_force_a_fetch_from_every_backend():
     assert (one.fetches, two.fetches) == (1, 1)  # the first fetch only; TTL not reached
     await router.refresh(force=True)  # something changed (a pull): every list is fetched anew
     assert (one.fetches, two.fetches) == (2, 2)
+
+
+async def test_requests_wait_for_a_backend_that_is_starting_instead_of_failing():
+    """The in-box engine at boot: in the router, listing nothing until it answers. Requests for its
+    model, and those naming none, wait for it; past the timeout they get 503, never a 404."""
+    class Engine(Scripted):
+        answering = False
+
+        async def fetch_models(self):
+            if not self.answering:
+                raise OSError("connection refused")
+            return await super().fetch_models()
+
+    engine = Engine("inbox", ["gemma3:270m"])
+    router = Router(default_model="qwen2.5:1.5b")
+    router.starting(engine, timeout=TIMEOUT)
+    router.add(engine)
+
+    async def unnamed_request():  # as the API does: the model resolved first, then served
+        model = await router.resolve_model(None)
+        return model, (await _reply(router, model))[0]
+
+    named = asyncio.create_task(_reply(router, "gemma3:270m"))
+    unnamed = asyncio.create_task(unnamed_request())
+    await engine.models(0)  # its first fetch fails: not answering yet
+    assert not engine.reachable and not named.done() and not unnamed.done()
+    engine.answering = True  # it answers; the gateway fetches its list, then tells the router
+    await engine.models(0)
+    assert not named.done() and not unnamed.done()  # a starting backend serves nothing until then
+    router.started(engine)
+    assert (await named)[0] == "inbox" and await unnamed == ("gemma3:270m", "inbox")
+
+    late = Scripted("late", ["b"])
+    router.starting(late, timeout=0.05)
+    router.add(late)
+    with pytest.raises(NoBackend) as err:
+        await _reply(router, "b")
+    assert err.value.status == 503 and "late is still starting" in err.value.message
+    assert (await _reply(router, "gemma3:270m"))[0] == "inbox"  # a model served elsewhere does not wait
+    router.started(late)
+    assert (await _reply(router, "b"))[0] == "late"

@@ -10,16 +10,30 @@ A request never waits for a list it does not need: a model some member lists is 
 however slow another member is (a dead or black-holed upstream); only a model no list has yet
 waits, and only for the fetches already under way (a first fetch, or one due by the TTL) of
 members that answered last time, never forcing new ones.
+
+A member may be marked as starting (`starting`/`started`: the in-box engine at boot or after it
+died). It serves nothing meanwhile, and a request that finds no member for its model waits for
+it, up to the timeout given, instead of failing at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ollabridge.backends.base import Backend
 from ollabridge.errors import ModelNotFound, NoBackend
+
+
+@dataclass
+class _Coming:
+    """A member that is starting: how long a request may wait for it, and its start's end."""
+
+    backend: Backend
+    timeout: float
+    arrived: asyncio.Future[None]
 
 
 class Pool:
@@ -27,6 +41,7 @@ class Pool:
         self.backends: list[Backend] = []
         self.models_ttl = models_ttl
         self.default_model = default_model
+        self._coming: dict[int, _Coming] = {}
 
     # -- membership --------------------------------------------------------------------
     def add(self, backend: Backend) -> None:
@@ -38,8 +53,36 @@ class Pool:
             self.backends.remove(backend)
 
     def serving(self, model: str, exclude: Iterable[int] = ()) -> list[Backend]:
-        """The members whose cached list has `model`, but for those whose id() is in `exclude`."""
-        return [b for b in self.backends if b.has_model(model) and id(b) not in exclude]
+        """The members whose cached list has `model`, but for those whose id() is in `exclude` and
+        those still starting."""
+        return [b for b in self.backends
+                if b.has_model(model) and id(b) not in exclude and id(b) not in self._coming]
+
+    # -- members on their way ----------------------------------------------------------
+    def starting(self, backend: Backend, timeout: float) -> None:
+        """`backend` is starting: until `started(backend)`, requests that find no other member for
+        their model wait for it, each up to `timeout` seconds."""
+        if id(backend) not in self._coming:
+            self._coming[id(backend)] = _Coming(backend, timeout, asyncio.get_running_loop().create_future())
+
+    def started(self, backend: Backend) -> None:
+        """`backend` answers now (its list fetched), or will not: the requests waiting for it look again."""
+        coming = self._coming.pop(id(backend), None)
+        if coming is not None:
+            coming.arrived.set_result(None)
+
+    async def _arrival(self, model: str | None) -> list[Backend]:
+        """Wait for the members still starting until one serves `model` (with None: until all have
+        started), or until their timeout passed; the members serving `model` then."""
+        if not self._coming:
+            return []
+        deadline = time.monotonic() + max(c.timeout for c in self._coming.values())
+        while self._coming and (remaining := deadline - time.monotonic()) > 0:
+            await asyncio.wait([c.arrived for c in self._coming.values()], timeout=remaining,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if model and self.serving(model):
+                break
+        return self.serving(model) if model else []
 
     # -- models ------------------------------------------------------------------------
     def refresh_soon(self) -> None:
@@ -87,14 +130,20 @@ class Pool:
         if requested:
             return requested
         names = [m.get("name") or m.get("model") for m in await self.models()]
+        if not names and self._coming:  # nothing served yet: what the member on its way serves
+            await self._arrival(None)
+            names = [m.get("name") or m.get("model") for m in await self.models()]
         if self.default_model in names or not names:
             return self.default_model
         return names[0]
 
     async def candidates(self, model: str) -> list[Backend]:
         self.refresh_soon()
-        found = self.serving(model) or await self._listed(model)
+        found = self.serving(model) or await self._listed(model) or await self._arrival(model)
         if not found:
+            if self._coming:
+                raise NoBackend(" and ".join(c.backend.name for c in self._coming.values())
+                                + " is still starting; try again shortly.", headers={"Retry-After": "5"})
             if not any(b.reachable or b.cached_models() for b in self.backends):
                 raise NoBackend("No backend is up: " + "; ".join(
                     f"{b.name} does not answer" for b in self.backends) + ".", headers={"Retry-After": "5"})
