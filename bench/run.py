@@ -20,13 +20,14 @@ import os
 import platform
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,16 @@ def log(*parts: Any) -> None:
 
 
 # -- processes ---------------------------------------------------------------------------------
+@contextmanager
+def black_hole():
+    """A URL whose port accepts connections (the kernel's backlog does) and never answers: an
+    upstream behind a tunnel whose far end is gone."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1024)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
 def service(name: str, args: list[str], ready: str, logdir: Path, env: dict[str, str] | None = None,
             timeout: float = 60.0):
     """`args` (a whole command) as a process until the block ends, its output in `logdir/<name>.log`."""
@@ -204,16 +215,32 @@ class Bench:
     def body(name: str, model: str, stream: bool) -> dict[str, Any]:
         return {"model": model, "messages": MSG, "stream": stream}
 
-    def fig1_latency(self) -> dict[str, Any]:
+    @contextmanager
+    def black_holed_gateway(self, upstream: str, logdir: Path):
+        """A second gateway like the first, plus one extra upstream (OLLABRIDGE_UPSTREAMS) that is a
+        black hole; its port. Ready once it serves at all (its /health asks every backend and waits
+        out the black hole's timeout)."""
+        port = free_port()
+        with black_hole() as hole, service(
+                "gateway-blackhole", [PY, self.args.gateway_app], f"http://127.0.0.1:{port}/openapi.json", logdir,
+                env={**gateway_env(port, upstream, logdir / "gateway-blackhole-data"), "OLLABRIDGE_UPSTREAMS": hole,
+                     **dict(kv.split("=", 1) for kv in self.args.gateway_env)}) as proc:
+            self.pids["gateway_blackhole"] = proc.pid
+            yield port
+
+    def fig1_latency(self, upstream: str, logdir: Path) -> dict[str, Any]:
         n = 50 if self.quick else 500
         rounds: list[dict[str, Any]] = []
-        for r in range(self.args.rounds):
-            row = {}
-            for name, port, path, _ in self.targets():
-                row[name] = self.measure(name, {"mode": "latency", "port": port, "path": path, "n": n,
-                                                "warmup": 20, "body": self.body(name, "fast", False)}, "all_requests")
-            rounds.append(row)
-            log(f"  fig1 round {r + 1}: " + ", ".join(f"{k} p50 {v['p50_us']:.0f}us" for k, v in row.items()))
+        with self.black_holed_gateway(upstream, logdir) as hole_port:
+            targets = [*self.targets(), ("gateway_blackhole", hole_port, "/v1/chat/completions", True)]
+            for r in range(self.args.rounds):
+                row = {}
+                for name, port, path, _ in targets:
+                    row[name] = self.measure(name, {"mode": "latency", "port": port, "path": path, "n": n,
+                                                    "warmup": 20, "body": self.body(name, "fast", False)},
+                                             "all_requests")
+                rounds.append(row)
+                log(f"  fig1 round {r + 1}: " + ", ".join(f"{k} p50 {v['p50_us']:.0f}us" for k, v in row.items()))
         out: dict[str, Any] = {"requests_per_round": n, "absolute_us": {}}
         for name in rounds[0]:
             out["absolute_us"][name] = {q: agg([rd[name][f"{q}_us"] for rd in rounds]) for q in ("p50", "p99")}
@@ -226,6 +253,10 @@ class Bench:
             added[name] = {q: agg([rd[name][f"{q}_us"] - rd["direct"][f"{q}_us"] for rd in rounds])
                            for q in ("p50", "p99")}
         out["added_us"] = added
+        # The same gateway with one black-holed upstream configured, against the plain one, per round.
+        out["blackhole_minus_gateway_p50_us"] = agg([rd["gateway_blackhole"]["p50_us"] - rd["gateway"]["p50_us"]
+                                                     for rd in rounds])
+        out["blackhole_max_us"] = agg([rd["gateway_blackhole"]["max_us"] for rd in rounds])
         if "litellm" in rounds[0]:
             out["gateway_over_litellm_added_p50"] = agg(
                 [(rd["gateway"]["p50_us"] - rd["direct"]["p50_us"]) /
@@ -569,6 +600,15 @@ def evaluate(res: dict[str, Any]) -> list[dict[str, Any]]:
         row("1", "added latency p99, gateway − direct", fmt(a["gateway"]["p99"], 1e-3, 3, " ms"), "—", None)
         row("1", "added latency p50, gateway native /ollama/api/chat − direct",
             fmt(a["gateway_native"]["p50"], 1e-3, 3, " ms"), "—", None)
+        if "blackhole_minus_gateway_p50_us" in f1:
+            d, g = f1["blackhole_minus_gateway_p50_us"], f1["absolute_us"]["gateway"]["p50"]
+            noise = max(100.0, g["max"] - g["min"])  # the plain gateway's own spread over the rounds
+            row("1", "added latency p50 with one black-holed upstream configured, − without",
+                fmt(d, 1e-3, 3, " ms"), f"≈ 0: within noise (the gateway's p50 spread, {noise / 1000:.3f} ms)",
+                abs(d["median"]) <= noise)
+            worst = f1["blackhole_max_us"]["max"]
+            row("1", "slowest request of any round with the black-holed upstream (its list fetch times out "
+                "after 5 s, in the background)", f"{worst / 1000:.1f} ms", "< 1 s", worst < 1e6)
         if "litellm" in a:
             row("1", "added latency p50, LiteLLM − direct", fmt(a["litellm"]["p50"], 1e-3, 3, " ms"), "—", None)
             row("1", "added latency p99, LiteLLM − direct", fmt(a["litellm"]["p99"], 1e-3, 3, " ms"), "—", None)
@@ -708,7 +748,9 @@ def markdown(res: dict[str, Any], rows: list[dict[str, Any]]) -> str:
               "(`bench/requirements-litellm.txt`).",
               "- **Load generator** (`bench/loadgen.py`): its own process per measurement, a raw-asyncio (uvloop) "
               "HTTP/1.1 keep-alive client that timestamps every chunk on arrival.",
-              "- Figure 1: sequential non-streaming requests on one connection, added = target − direct per round. "
+              "- Figure 1: sequential non-streaming requests on one connection, added = target − direct per round; "
+              "the black-holed row is a second gateway, the same but for `OLLABRIDGE_UPSTREAMS` naming a port "
+              "that accepts connections and never answers, minus the first gateway in the same round. "
               "Figure 2: 32 connections in a closed loop. Figure 3: time to first content chunk of `fast`; "
               "chunks/s of one `rate` stream (delivered vs the upstream's pace) and of one `burst` stream "
               "(what one stream can carry at most). Figure 4: 1,000 connections opened over 2 s, each a "
@@ -827,7 +869,8 @@ def main() -> int:
             pids["litellm"] = llm.pid
         bench = Bench(args, ports, exe is not None, pids)
         figures = res["figures"]
-        steps = [("1_added_latency", "1", bench.fig1_latency), ("2_throughput", "2", bench.fig2_throughput),
+        steps = [("1_added_latency", "1", lambda: bench.fig1_latency(upstream, logdir)),
+                 ("2_throughput", "2", bench.fig2_throughput),
                  ("3_streaming", "3", bench.fig3_streaming),
                  ("4_many_streams", "4", lambda: bench.fig4_many(gw.pid, up.pid))]
         for key, num, fn in steps:
