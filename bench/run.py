@@ -84,6 +84,19 @@ def gateway_env(port: int, upstream: str, data_dir: Path, ui: bool = False) -> d
     return env
 
 
+def black_holed_gateway(stack: ExitStack, ports: dict[str, int], upstream: str, logdir: Path,
+                        args: argparse.Namespace) -> subprocess.Popen:
+    """A second gateway like the first but for one extra upstream (OLLABRIDGE_UPSTREAMS) that is a
+    black hole, at ports["gateway_blackhole"], until `stack` closes. Ready once it serves at all (its
+    /health asks every backend, and waits out the black hole's timeout)."""
+    port = ports["gateway_blackhole"] = free_port()
+    hole = stack.enter_context(black_hole())
+    return stack.enter_context(service(
+        "gateway-blackhole", [PY, args.gateway_app], f"http://127.0.0.1:{port}/openapi.json", logdir,
+        env={**gateway_env(port, upstream, logdir / "gateway-blackhole-data"), "OLLABRIDGE_UPSTREAMS": hole,
+             **dict(kv.split("=", 1) for kv in args.gateway_env)}))
+
+
 def ensure_litellm(install: bool) -> Path | None:
     exe = LITELLM_VENV / "bin" / "litellm"
     if exe.exists():
@@ -215,32 +228,21 @@ class Bench:
     def body(name: str, model: str, stream: bool) -> dict[str, Any]:
         return {"model": model, "messages": MSG, "stream": stream}
 
-    @contextmanager
-    def black_holed_gateway(self, upstream: str, logdir: Path):
-        """A second gateway like the first, plus one extra upstream (OLLABRIDGE_UPSTREAMS) that is a
-        black hole; its port. Ready once it serves at all (its /health asks every backend and waits
-        out the black hole's timeout)."""
-        port = free_port()
-        with black_hole() as hole, service(
-                "gateway-blackhole", [PY, self.args.gateway_app], f"http://127.0.0.1:{port}/openapi.json", logdir,
-                env={**gateway_env(port, upstream, logdir / "gateway-blackhole-data"), "OLLABRIDGE_UPSTREAMS": hole,
-                     **dict(kv.split("=", 1) for kv in self.args.gateway_env)}) as proc:
-            self.pids["gateway_blackhole"] = proc.pid
-            yield port
+    def blackhole_targets(self) -> list[tuple[str, int, str, bool]]:
+        """The gateway with a black-holed upstream configured (figure 1), when it runs."""
+        port = self.ports.get("gateway_blackhole")
+        return [("gateway_blackhole", port, "/v1/chat/completions", True)] if port else []
 
-    def fig1_latency(self, upstream: str, logdir: Path) -> dict[str, Any]:
+    def fig1_latency(self) -> dict[str, Any]:
         n = 50 if self.quick else 500
         rounds: list[dict[str, Any]] = []
-        with self.black_holed_gateway(upstream, logdir) as hole_port:
-            targets = [*self.targets(), ("gateway_blackhole", hole_port, "/v1/chat/completions", True)]
-            for r in range(self.args.rounds):
-                row = {}
-                for name, port, path, _ in targets:
-                    row[name] = self.measure(name, {"mode": "latency", "port": port, "path": path, "n": n,
-                                                    "warmup": 20, "body": self.body(name, "fast", False)},
-                                             "all_requests")
-                rounds.append(row)
-                log(f"  fig1 round {r + 1}: " + ", ".join(f"{k} p50 {v['p50_us']:.0f}us" for k, v in row.items()))
+        for r in range(self.args.rounds):
+            row = {}
+            for name, port, path, _ in self.targets() + self.blackhole_targets():
+                row[name] = self.measure(name, {"mode": "latency", "port": port, "path": path, "n": n,
+                                                "warmup": 20, "body": self.body(name, "fast", False)}, "all_requests")
+            rounds.append(row)
+            log(f"  fig1 round {r + 1}: " + ", ".join(f"{k} p50 {v['p50_us']:.0f}us" for k, v in row.items()))
         out: dict[str, Any] = {"requests_per_round": n, "absolute_us": {}}
         for name in rounds[0]:
             out["absolute_us"][name] = {q: agg([rd[name][f"{q}_us"] for rd in rounds]) for q in ("p50", "p99")}
@@ -253,10 +255,10 @@ class Bench:
             added[name] = {q: agg([rd[name][f"{q}_us"] - rd["direct"][f"{q}_us"] for rd in rounds])
                            for q in ("p50", "p99")}
         out["added_us"] = added
-        # The same gateway with one black-holed upstream configured, against the plain one, per round.
-        out["blackhole_minus_gateway_p50_us"] = agg([rd["gateway_blackhole"]["p50_us"] - rd["gateway"]["p50_us"]
-                                                     for rd in rounds])
-        out["blackhole_max_us"] = agg([rd["gateway_blackhole"]["max_us"] for rd in rounds])
+        if "gateway_blackhole" in rounds[0]:  # the same gateway plus a black-holed upstream, per round
+            out["blackhole_minus_gateway_p50_us"] = agg([rd["gateway_blackhole"]["p50_us"] - rd["gateway"]["p50_us"]
+                                                         for rd in rounds])
+            out["blackhole_max_us"] = agg([rd["gateway_blackhole"]["max_us"] for rd in rounds])
         if "litellm" in rounds[0]:
             out["gateway_over_litellm_added_p50"] = agg(
                 [(rd["gateway"]["p50_us"] - rd["direct"]["p50_us"]) /
@@ -600,6 +602,13 @@ def evaluate(res: dict[str, Any]) -> list[dict[str, Any]]:
         row("1", "added latency p99, gateway − direct", fmt(a["gateway"]["p99"], 1e-3, 3, " ms"), "—", None)
         row("1", "added latency p50, gateway native /ollama/api/chat − direct",
             fmt(a["gateway_native"]["p50"], 1e-3, 3, " ms"), "—", None)
+        if "litellm" in a:
+            row("1", "added latency p50, LiteLLM − direct", fmt(a["litellm"]["p50"], 1e-3, 3, " ms"), "—", None)
+            row("1", "added latency p99, LiteLLM − direct", fmt(a["litellm"]["p99"], 1e-3, 3, " ms"), "—", None)
+            r = f1["gateway_over_litellm_added_p50"]
+            row("1", "gateway added p50 ÷ LiteLLM added p50", fmt(r, 1, 3), "≤ 0.25", r["median"] <= 0.25)
+        else:
+            row("1", "gateway added p50 ÷ LiteLLM added p50", "LiteLLM not run", "≤ 0.25", None)
         if "blackhole_minus_gateway_p50_us" in f1:
             d, g = f1["blackhole_minus_gateway_p50_us"], f1["absolute_us"]["gateway"]["p50"]
             noise = max(100.0, g["max"] - g["min"])  # the plain gateway's own spread over the rounds
@@ -609,13 +618,6 @@ def evaluate(res: dict[str, Any]) -> list[dict[str, Any]]:
             worst = f1["blackhole_max_us"]["max"]
             row("1", "slowest request of any round with the black-holed upstream (its list fetch times out "
                 "after 5 s, in the background)", f"{worst / 1000:.1f} ms", "< 1 s", worst < 1e6)
-        if "litellm" in a:
-            row("1", "added latency p50, LiteLLM − direct", fmt(a["litellm"]["p50"], 1e-3, 3, " ms"), "—", None)
-            row("1", "added latency p99, LiteLLM − direct", fmt(a["litellm"]["p99"], 1e-3, 3, " ms"), "—", None)
-            r = f1["gateway_over_litellm_added_p50"]
-            row("1", "gateway added p50 ÷ LiteLLM added p50", fmt(r, 1, 3), "≤ 0.25", r["median"] <= 0.25)
-        else:
-            row("1", "gateway added p50 ÷ LiteLLM added p50", "LiteLLM not run", "≤ 0.25", None)
     f2 = f.get("2_throughput", {})
     if f2.get("status") == "measured":
         for name, v in f2["rps"].items():
@@ -865,12 +867,13 @@ def main() -> int:
             res["notes"].append("LiteLLM was not run (not installed, quick mode or --litellm no): "
                                 "its columns and ratios are absent.")
         pids = {"gateway": gw.pid}
+        if not only or "1" in only:  # figure 1's black-holed row: see black_holed_gateway
+            pids["gateway_blackhole"] = black_holed_gateway(stack, ports, upstream, logdir, args).pid
         if exe is not None:
             pids["litellm"] = llm.pid
         bench = Bench(args, ports, exe is not None, pids)
         figures = res["figures"]
-        steps = [("1_added_latency", "1", lambda: bench.fig1_latency(upstream, logdir)),
-                 ("2_throughput", "2", bench.fig2_throughput),
+        steps = [("1_added_latency", "1", bench.fig1_latency), ("2_throughput", "2", bench.fig2_throughput),
                  ("3_streaming", "3", bench.fig3_streaming),
                  ("4_many_streams", "4", lambda: bench.fig4_many(gw.pid, up.pid))]
         for key, num, fn in steps:

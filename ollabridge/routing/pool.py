@@ -39,9 +39,9 @@ class _Coming:
 class Pool:
     def __init__(self, *, models_ttl: float = 5.0, default_model: str = "") -> None:
         self.backends: list[Backend] = []
+        self._coming: dict[int, _Coming] = {}  # members starting, by id()
         self.models_ttl = models_ttl
         self.default_model = default_model
-        self._coming: dict[int, _Coming] = {}
 
     # -- membership --------------------------------------------------------------------
     def add(self, backend: Backend) -> None:
