@@ -298,3 +298,22 @@ async def test_requests_wait_for_a_backend_that_is_starting_instead_of_failing()
     assert (await _reply(router, "gemma3:270m"))[0] == "inbox"  # a model served elsewhere does not wait
     router.started(late)
     assert (await _reply(router, "b"))[0] == "late"
+
+
+async def test_a_waiter_giving_up_as_its_slot_frees_leaves_the_slot_to_the_next():
+    gate, starts = asyncio.Event(), asyncio.Queue()
+    node = Scripted("node", ["a"], slots=1, gate=gate, starts=starts)
+    router = Router(queue_timeout=30)
+    router.add(node)
+    holder = asyncio.create_task(_reply(router, n="holder"))
+    assert await _started(starts, 1) == ["node"]
+    waiters = []
+    for n in range(2):
+        node.refused.clear()
+        waiters.append(asyncio.create_task(_reply(router, n=n)))
+        await asyncio.wait_for(node.refused.wait(), TIMEOUT)
+    gate.set()  # the holder ends on the next turn of the loop, when the first waiter has just given up
+    waiters[0].cancel()
+    assert (await holder)[0] == "node" and (await waiters[1])[0] == "node"
+    assert waiters[0].cancelled() and node.order == ["holder", 1]
+    assert (router.waiting, node.stats.in_flight) == (0, 0)

@@ -47,6 +47,9 @@ class Slots:
         arrival order (each can only take a backend that serves its model), and fail those whose
         model no backend serves any more."""
         for waiter in list(self._queue):
+            if waiter.slot.done():  # gave up a moment ago (timed out, client gone): its task is yet to run
+                self._queue.remove(waiter)
+                continue
             live = self.pool.serving(waiter.model, waiter.exclude)
             if not live:
                 self._queue.remove(waiter)
