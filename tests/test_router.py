@@ -204,7 +204,9 @@ async def test_default_model_falls_back_to_first_served():
     assert await router.resolve_model("x") == "x"
 
 
-async def test_queue_is_first_come_first_served_and_a_newcomer_waits_its_turn():
+async def _line(waiting):
+    """A one-slot backend held by a request ("holder", until `gate` is set) and `waiting` requests
+    (n = 0, 1, ...) in its queue, each queued before the next arrives."""
     gate, starts = asyncio.Event(), asyncio.Queue()
     node = Scripted("node", ["a"], slots=1, gate=gate, starts=starts)
     router = Router(queue_timeout=30)
@@ -212,11 +214,16 @@ async def test_queue_is_first_come_first_served_and_a_newcomer_waits_its_turn():
     holder = asyncio.create_task(_reply(router, n="holder"))
     assert await _started(starts, 1) == ["node"]
     waiters = []
-    for n in range(4):  # each in the queue before the next arrives
+    for n in range(waiting):
         node.refused.clear()
         waiters.append(asyncio.create_task(_reply(router, n=n)))
         await asyncio.wait_for(node.refused.wait(), TIMEOUT)
         assert router.waiting == n + 1
+    return router, node, gate, holder, waiters
+
+
+async def test_queue_is_first_come_first_served_and_a_newcomer_waits_its_turn():
+    router, node, gate, holder, waiters = await _line(4)
     waiters[1].cancel()  # a client that gave up leaves the line without holding anyone up
     with pytest.raises(asyncio.CancelledError):
         await waiters[1]
@@ -301,17 +308,7 @@ async def test_requests_wait_for_a_backend_that_is_starting_instead_of_failing()
 
 
 async def test_a_waiter_giving_up_as_its_slot_frees_leaves_the_slot_to_the_next():
-    gate, starts = asyncio.Event(), asyncio.Queue()
-    node = Scripted("node", ["a"], slots=1, gate=gate, starts=starts)
-    router = Router(queue_timeout=30)
-    router.add(node)
-    holder = asyncio.create_task(_reply(router, n="holder"))
-    assert await _started(starts, 1) == ["node"]
-    waiters = []
-    for n in range(2):
-        node.refused.clear()
-        waiters.append(asyncio.create_task(_reply(router, n=n)))
-        await asyncio.wait_for(node.refused.wait(), TIMEOUT)
+    router, node, gate, holder, waiters = await _line(2)
     gate.set()  # the holder ends on the next turn of the loop, when the first waiter has just given up
     waiters[0].cancel()
     assert (await holder)[0] == "node" and (await waiters[1])[0] == "node"
