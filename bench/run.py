@@ -20,13 +20,14 @@ import os
 import platform
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,16 @@ def log(*parts: Any) -> None:
 
 
 # -- processes ---------------------------------------------------------------------------------
+@contextmanager
+def black_hole():
+    """A URL whose port accepts connections (the kernel's backlog does) and never answers: an
+    upstream behind a tunnel whose far end is gone."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1024)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
 def service(name: str, args: list[str], ready: str, logdir: Path, env: dict[str, str] | None = None,
             timeout: float = 60.0):
     """`args` (a whole command) as a process until the block ends, its output in `logdir/<name>.log`."""
@@ -71,6 +82,19 @@ def gateway_env(port: int, upstream: str, data_dir: Path, ui: bool = False) -> d
     if not ui:
         env["OLLABRIDGE_UI"] = "0"
     return env
+
+
+def black_holed_gateway(stack: ExitStack, ports: dict[str, int], upstream: str, logdir: Path,
+                        args: argparse.Namespace) -> subprocess.Popen:
+    """A second gateway like the first but for one extra upstream (OLLABRIDGE_UPSTREAMS) that is a
+    black hole, at ports["gateway_blackhole"], until `stack` closes. Ready once it serves at all (its
+    /health asks every backend, and waits out the black hole's timeout)."""
+    port = ports["gateway_blackhole"] = free_port()
+    hole = stack.enter_context(black_hole())
+    return stack.enter_context(service(
+        "gateway-blackhole", [PY, args.gateway_app], f"http://127.0.0.1:{port}/openapi.json", logdir,
+        env={**gateway_env(port, upstream, logdir / "gateway-blackhole-data"), "OLLABRIDGE_UPSTREAMS": hole,
+             **dict(kv.split("=", 1) for kv in args.gateway_env)}))
 
 
 def ensure_litellm(install: bool) -> Path | None:
@@ -192,7 +216,7 @@ class Bench:
 
     def measure(self, name: str, spec: dict[str, Any], count_key: str) -> dict[str, Any]:
         """Run one load generator and charge the proxy's CPU time to each request it served."""
-        pid = self.pids.get(name.split("_", 1)[0])  # gateway_native, gateway_messages ... are the gateway
+        pid = self.pids.get(name) or self.pids.get(name.split("_", 1)[0])  # gateway_native, _messages: the gateway
         before = cpu_seconds(pid)
         res = loadgen(spec)
         used = cpu_seconds(pid) - before
@@ -218,12 +242,17 @@ class Bench:
             return {"model": model, "input": MSG, "stream": stream}
         return {"model": model, "messages": MSG, "stream": stream}
 
+    def blackhole_targets(self) -> list[tuple[str, int, str, bool]]:
+        """The gateway with a black-holed upstream configured (figure 1), when it runs."""
+        port = self.ports.get("gateway_blackhole")
+        return [("gateway_blackhole", port, "/v1/chat/completions", True)] if port else []
+
     def fig1_latency(self) -> dict[str, Any]:
         n = 50 if self.quick else 500
         rounds: list[dict[str, Any]] = []
         for r in range(self.args.rounds):
             row = {}
-            for name, port, path, _ in self.targets() + self.api_targets():
+            for name, port, path, _ in self.targets() + self.api_targets() + self.blackhole_targets():
                 row[name] = self.measure(name, {"mode": "latency", "port": port, "path": path, "n": n,
                                                 "warmup": 20, "body": self.body(name, "fast", False)}, "all_requests")
             rounds.append(row)
@@ -240,6 +269,10 @@ class Bench:
             added[name] = {q: agg([rd[name][f"{q}_us"] - rd["direct"][f"{q}_us"] for rd in rounds])
                            for q in ("p50", "p99")}
         out["added_us"] = added
+        if "gateway_blackhole" in rounds[0]:  # the same gateway plus a black-holed upstream, per round
+            out["blackhole_minus_gateway_p50_us"] = agg([rd["gateway_blackhole"]["p50_us"] - rd["gateway"]["p50_us"]
+                                                         for rd in rounds])
+            out["blackhole_max_us"] = agg([rd["gateway_blackhole"]["max_us"] for rd in rounds])
         if "litellm" in rounds[0]:
             out["gateway_over_litellm_added_p50"] = agg(
                 [(rd["gateway"]["p50_us"] - rd["direct"]["p50_us"]) /
@@ -598,6 +631,15 @@ def evaluate(res: dict[str, Any]) -> list[dict[str, Any]]:
             row("1", "gateway added p50 ÷ LiteLLM added p50", fmt(r, 1, 3), "≤ 0.25", r["median"] <= 0.25)
         else:
             row("1", "gateway added p50 ÷ LiteLLM added p50", "LiteLLM not run", "≤ 0.25", None)
+        if "blackhole_minus_gateway_p50_us" in f1:
+            d, g = f1["blackhole_minus_gateway_p50_us"], f1["absolute_us"]["gateway"]["p50"]
+            noise = max(100.0, g["max"] - g["min"])  # the plain gateway's own spread over the rounds
+            row("1", "added latency p50 with one black-holed upstream configured, − without",
+                fmt(d, 1e-3, 3, " ms"), f"≈ 0: within noise (the gateway's p50 spread, {noise / 1000:.3f} ms)",
+                abs(d["median"]) <= noise)
+            worst = f1["blackhole_max_us"]["max"]
+            row("1", "slowest request of any round with the black-holed upstream (its list fetch times out "
+                "after 5 s, in the background)", f"{worst / 1000:.1f} ms", "< 1 s", worst < 1e6)
     f2 = f.get("2_throughput", {})
     if f2.get("status") == "measured":
         for name, v in f2["rps"].items():
@@ -730,7 +772,9 @@ def markdown(res: dict[str, Any], rows: list[dict[str, Any]]) -> str:
               "(`bench/requirements-litellm.txt`).",
               "- **Load generator** (`bench/loadgen.py`): its own process per measurement, a raw-asyncio (uvloop) "
               "HTTP/1.1 keep-alive client that timestamps every chunk on arrival.",
-              "- Figure 1: sequential non-streaming requests on one connection, added = target − direct per round. "
+              "- Figure 1: sequential non-streaming requests on one connection, added = target − direct per round; "
+              "the black-holed row is a second gateway, the same but for `OLLABRIDGE_UPSTREAMS` naming a port "
+              "that accepts connections and never answers, minus the first gateway in the same round. "
               "Figure 2: 32 connections in a closed loop. Figure 3: time to first content chunk of `fast`; "
               "chunks/s of one `rate` stream (delivered vs the upstream's pace) and of one `burst` stream "
               "(what one stream can carry at most). Figure 4: 1,000 connections opened over 2 s, each a "
@@ -845,6 +889,8 @@ def main() -> int:
             res["notes"].append("LiteLLM was not run (not installed, quick mode or --litellm no): "
                                 "its columns and ratios are absent.")
         pids = {"gateway": gw.pid}
+        if not only or "1" in only:  # figure 1's black-holed row: see black_holed_gateway
+            pids["gateway_blackhole"] = black_holed_gateway(stack, ports, upstream, logdir, args).pid
         if exe is not None:
             pids["litellm"] = llm.pid
         bench = Bench(args, ports, exe is not None, pids)

@@ -58,7 +58,7 @@ class Gateway:
         await self.engine.start()
 
     async def _pulled(self, model: str) -> None:
-        await self.router.refresh(force=True)
+        await self.ollama.models(0)  # only the list that changed: a dead upstream must not delay it
         self.router.notify()
 
     async def stop(self) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
+from contextlib import contextmanager
 
 import httpx
 import openai
@@ -11,6 +14,7 @@ import pytest
 from tests.conftest import gateway_env
 from tests.procs import free_port, running
 from tests.relay_support import control, fake_ollama, fake_stats, gateway, wait_until
+from tests.relay_support import gateway_env as relay_gateway_env
 
 HELLO = [{"role": "user", "content": "Hello!"}]
 
@@ -103,7 +107,42 @@ def test_no_backend_up_answers_503(out_dir, tmp_path):
 
 
 def test_model_pulled_later_is_found_without_restart(out_dir, tmp_path):
+    """Within the lists' TTL (0.5 s here): an unknown name forces no fetch, the background refresh finds it."""
     with fake_ollama(out_dir, "a:latest") as up, gateway(out_dir, tmp_path, up) as gw:
         assert httpx.post(f"{gw}/ollama/v1/chat/completions", json={"model": "new", "messages": HELLO}).status_code == 404
         control(up, models=["a:latest", "new:latest"])
-        assert httpx.post(f"{gw}/ollama/v1/chat/completions", json={"model": "new", "messages": HELLO}).status_code == 200
+        wait_until(lambda: httpx.post(f"{gw}/ollama/v1/chat/completions",
+                                      json={"model": "new", "messages": HELLO}).status_code == 200,
+                   timeout=10, what="the pulled model served")
+
+
+@contextmanager
+def black_hole():
+    """A URL whose port accepts connections (the kernel does, up to its backlog) and never answers:
+    a tunnel whose far end is gone."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_a_black_holed_upstream_adds_no_latency_to_models_served_elsewhere(out_dir, tmp_path):
+    """The lists go stale every 0.2 s and the black hole's fetch takes its full 5 s timeout each time:
+    requests for the model the gateway's Ollama serves never wait for it."""
+    port = free_port()
+    gw = f"http://127.0.0.1:{port}"
+    with black_hole() as hole, fake_ollama(out_dir, "a:latest") as up:
+        env = relay_gateway_env(tmp_path, port, up, OLLABRIDGE_UPSTREAMS=hole, OLLABRIDGE_MODELS_TTL="0.2")
+        # Ready when it serves at all: /health itself asks every backend (3 s for the black hole).
+        with running(["app.py"], f"{gw}/openapi.json", env=env, log=out_dir / "gw-black-hole.log"), \
+                httpx.Client(base_url=gw, timeout=30) as client:
+            slowest, served, until = 0.0, 0, time.monotonic() + 1.5  # several TTLs, from the first request
+            while time.monotonic() < until:
+                began = time.monotonic()
+                reply = client.post("/ollama/api/chat", json={"model": "a", "messages": HELLO, "stream": False})
+                slowest = max(slowest, time.monotonic() - began)
+                assert reply.status_code == 200, reply.text
+                served += 1
+            assert slowest < 2.0, f"one of {served} requests took {slowest:.2f}s"
+            upstream = next(b for b in client.get("/health", timeout=30).json()["backends"] if b["name"] == "upstream-1")
+            assert upstream["healthy"] is False and upstream["models"] == []

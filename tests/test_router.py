@@ -22,13 +22,17 @@ class Scripted(Backend):
     """
 
     def __init__(self, name, models, *, priority=10, slots=None, fail_before=False, fail_after=False,
-                 gate: asyncio.Event | None = None, starts: asyncio.Queue | None = None):
+                 gate: asyncio.Event | None = None, starts: asyncio.Queue | None = None,
+                 lists: asyncio.Event | None = None):
         super().__init__(name, slots)
         self.priority = priority
         self.model_names = models
         self.fail_before, self.fail_after, self.gate, self.starts = fail_before, fail_after, gate, starts
         self.served = 0
+        self.order: list = []  # the "n" of each chat body, in the order the chats started
         self.refused = asyncio.Event()
+        self.lists = lists  # when given, a model-list fetch answers only once it is set (never: a black hole)
+        self.fetches = self.fetching_now = self.most_fetching = 0
 
     @property
     def available(self):
@@ -39,6 +43,7 @@ class Scripted(Backend):
 
     async def stream(self, op, body):
         self.served += 1
+        self.order.append(body.get("n"))
         if self.starts is not None:
             self.starts.put_nowait(self.name)
         if self.fail_before:
@@ -55,16 +60,24 @@ class Scripted(Backend):
         return {"op": op, "by": self.name}
 
     async def fetch_models(self):
-        return [{"name": n, "model": n} for n in self.model_names]
+        self.fetches += 1
+        self.fetching_now += 1
+        self.most_fetching = max(self.most_fetching, self.fetching_now)
+        try:
+            if self.lists is not None:
+                await self.lists.wait()
+            return [{"name": n, "model": n} for n in self.model_names]
+        finally:
+            self.fetching_now -= 1
 
     async def health(self):
         return BackendHealth(True)
 
 
-async def _reply(router, model="a"):
+async def _reply(router, model="a", n=None):
     served = {}
     async with asyncio.timeout(TIMEOUT):
-        chunks = [c async for c in router.chat({"model": model, "messages": []}, served)]
+        chunks = [c async for c in router.chat({"model": model, "messages": [], "n": n}, served)]
     return chunks[0]["message"]["content"], served
 
 
@@ -189,3 +202,115 @@ async def test_default_model_falls_back_to_first_served():
     router.add(Scripted("one", ["gemma3:270m"]))
     assert await router.resolve_model(None) == "gemma3:270m"
     assert await router.resolve_model("x") == "x"
+
+
+async def _line(waiting):
+    """A one-slot backend held by a request ("holder", until `gate` is set) and `waiting` requests
+    (n = 0, 1, ...) in its queue, each queued before the next arrives."""
+    gate, starts = asyncio.Event(), asyncio.Queue()
+    node = Scripted("node", ["a"], slots=1, gate=gate, starts=starts)
+    router = Router(queue_timeout=30)
+    router.add(node)
+    holder = asyncio.create_task(_reply(router, n="holder"))
+    assert await _started(starts, 1) == ["node"]
+    waiters = []
+    for n in range(waiting):
+        node.refused.clear()
+        waiters.append(asyncio.create_task(_reply(router, n=n)))
+        await asyncio.wait_for(node.refused.wait(), TIMEOUT)
+        assert router.waiting == n + 1
+    return router, node, gate, holder, waiters
+
+
+async def test_queue_is_first_come_first_served_and_a_newcomer_waits_its_turn():
+    router, node, gate, holder, waiters = await _line(4)
+    waiters[1].cancel()  # a client that gave up leaves the line without holding anyone up
+    with pytest.raises(asyncio.CancelledError):
+        await waiters[1]
+    assert router.waiting == 3
+    gate.set()  # the slot frees: the holder ends, and a newcomer arrives at that very moment
+    newcomer = asyncio.create_task(_reply(router, n="newcomer"))
+    await asyncio.gather(holder, newcomer, waiters[0], *waiters[2:])
+    assert node.order == ["holder", 0, 2, 3, "newcomer"]
+    assert (router.waiting, node.stats.in_flight) == (0, 0)
+
+
+async def test_a_black_holed_backend_stalls_no_request_for_a_model_served_elsewhere():
+    """Every list is stale on every request (TTL 0): the healthy backend's model is served at once
+    while the black hole's one fetch never ends, and no backend is fetched twice at a time."""
+    hole = Scripted("hole", ["h"], lists=asyncio.Event())
+    good = Scripted("good", ["a"])
+    router = Router(models_ttl=0)
+    router.add(hole)
+    router.add(good)
+    replies = [await _reply(router) for _ in range(20)]  # _reply fails after TIMEOUT: a stall fails
+    assert {name for name, _ in replies} == {"good"}
+    assert hole.fetches == 1 and hole.most_fetching == 1 and good.most_fetching == 1
+    await asyncio.gather(*(good.models(0) for _ in range(3)), good.models(60))  # forced ones wait their turn
+    assert good.most_fetching == 1
+    await router.close()
+
+
+async def test_an_unknown_model_does_not_force_a_fetch_from_every_backend():
+    one, two = Scripted("one", ["a"]), Scripted("two", ["b"])
+    router = Router(models_ttl=60)
+    router.add(one)
+    router.add(two)
+    assert (await _reply(router, "b"))[0] == "two"
+    for _ in range(10):
+        with pytest.raises(ModelNotFound) as err:
+            await _reply(router, "zzz")
+        assert "a, b" in err.value.message
+    assert (one.fetches, two.fetches) == (1, 1)  # the first fetch only; TTL not reached
+    await router.refresh(force=True)  # something changed (a pull): every list is fetched anew
+    assert (one.fetches, two.fetches) == (2, 2)
+
+
+async def test_requests_wait_for_a_backend_that_is_starting_instead_of_failing():
+    """The in-box engine at boot: in the router, listing nothing until it answers. Requests for its
+    model, and those naming none, wait for it; past the timeout they get 503, never a 404."""
+    class Engine(Scripted):
+        answering = False
+
+        async def fetch_models(self):
+            if not self.answering:
+                raise OSError("connection refused")
+            return await super().fetch_models()
+
+    engine = Engine("inbox", ["gemma3:270m"])
+    router = Router(default_model="qwen2.5:1.5b")
+    router.starting(engine, timeout=TIMEOUT)
+    router.add(engine)
+
+    async def unnamed_request():  # as the API does: the model resolved first, then served
+        model = await router.resolve_model(None)
+        return model, (await _reply(router, model))[0]
+
+    named = asyncio.create_task(_reply(router, "gemma3:270m"))
+    unnamed = asyncio.create_task(unnamed_request())
+    await engine.models(0)  # its first fetch fails: not answering yet
+    assert not engine.reachable and not named.done() and not unnamed.done()
+    engine.answering = True  # it answers; the gateway fetches its list, then tells the router
+    await engine.models(0)
+    assert not named.done() and not unnamed.done()  # a starting backend serves nothing until then
+    router.started(engine)
+    assert (await named)[0] == "inbox" and await unnamed == ("gemma3:270m", "inbox")
+
+    late = Scripted("late", ["b"])
+    router.starting(late, timeout=0.05)
+    router.add(late)
+    with pytest.raises(NoBackend) as err:
+        await _reply(router, "b")
+    assert err.value.status == 503 and "late is still starting" in err.value.message
+    assert (await _reply(router, "gemma3:270m"))[0] == "inbox"  # a model served elsewhere does not wait
+    router.started(late)
+    assert (await _reply(router, "b"))[0] == "late"
+
+
+async def test_a_waiter_giving_up_as_its_slot_frees_leaves_the_slot_to_the_next():
+    router, node, gate, holder, waiters = await _line(2)
+    gate.set()  # the holder ends on the next turn of the loop, when the first waiter has just given up
+    waiters[0].cancel()
+    assert (await holder)[0] == "node" and (await waiters[1])[0] == "node"
+    assert waiters[0].cancelled() and node.order == ["holder", 1]
+    assert (router.waiting, node.stats.in_flight) == (0, 0)

@@ -10,6 +10,7 @@ is a pure translation on top (see `ollabridge.api.openai.convert`).
 from __future__ import annotations
 
 import abc
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -44,7 +45,8 @@ class Backend(abc.ABC):
         self.slots = slots  # None: no limit of ours (Ollama queues on its own)
         self.stats = BackendStats()
         self._models: list[dict[str, Any]] = []
-        self._models_at = 0.0
+        self._models_at = 0.0  # when the last model-list fetch ended (0: never fetched)
+        self._fetch: asyncio.Task[None] | None = None  # the model-list fetch under way
         self.reachable = False  # whether the last model-list fetch succeeded
 
     # -- what a backend must implement -------------------------------------------------
@@ -89,9 +91,35 @@ class Backend(abc.ABC):
         return self._models
 
     async def models(self, ttl: float) -> list[dict[str, Any]]:
-        """The model list, refreshed when older than `ttl` seconds; [] when unreachable."""
-        now = time.monotonic()
-        if now - self._models_at >= ttl:
+        """The model list, refreshed when older than `ttl` seconds; [] when unreachable.
+
+        One fetch at a time: a caller joins the fetch under way. With `ttl` 0 (something changed
+        just now) a fetch begun before the call is waited out and another one made."""
+        if ttl <= 0 and self._fetch is not None:
+            await asyncio.shield(self._fetch)
+        fetch = self.refresh_soon(ttl)
+        if fetch is not None:
+            await asyncio.shield(fetch)  # a caller that goes away leaves the fetch to the others
+        return self._models
+
+    def refresh_soon(self, ttl: float) -> asyncio.Task[None] | None:
+        """Start fetching the model list in the background when it is older than `ttl` seconds and
+        no fetch is under way; the fetch under way, or None when the list is fresh."""
+        if self._fetch is None and time.monotonic() - self._models_at >= ttl:
+            self._fetch = asyncio.get_running_loop().create_task(self._refetch())
+        return self._fetch
+
+    @property
+    def fetching(self) -> asyncio.Task[None] | None:
+        """The model-list fetch under way, if any."""
+        return self._fetch
+
+    def stop_fetching(self) -> None:
+        if self._fetch is not None:
+            self._fetch.cancel()
+
+    async def _refetch(self) -> None:
+        try:
             try:
                 self._models = await self.fetch_models()
                 self.reachable = True
@@ -99,7 +127,8 @@ class Backend(abc.ABC):
                 self._models = []
                 self.reachable = False
             self._models_at = time.monotonic()
-        return self._models
+        finally:
+            self._fetch = None
 
     def has_model(self, model: str) -> bool:
         return any(model_matches(m, model) for m in self._models)

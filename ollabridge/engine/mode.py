@@ -2,8 +2,10 @@
 
 `auto` starts the in-box engine as a child process only when nothing answers at OLLAMA_BASE_URL;
 `inbox` always does; `ollama` never does. The gateway serves at once either way: the engine loads
-its model in the background and joins the router when it answers. With Ollama, OLLABRIDGE_MODELS
-are pulled in the background; the in-box engine pulls nothing.
+its model in the background and joins the router when it answers; requests meanwhile wait for it
+(up to OLLABRIDGE_ENGINE_START_TIMEOUT) rather than get 503. The engine is supervised: when it
+dies it is started again after a bounded backoff, and requests wait for it the same way. With
+Ollama, OLLABRIDGE_MODELS are pulled in the background; the in-box engine pulls nothing.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ class EngineMode:
             self.backend.name = "inbox"
             self.engine = EngineProcess(self.settings.ollama_base_url, self.settings.inbox_model,
                                         self.settings.engine_start_timeout)
-            self._task = asyncio.create_task(self._start_engine())
+            self._engine_down()
+            self._task = asyncio.create_task(self._run_engine())
             if self.puller.pulls:
                 self.puller.skip("the in-box engine serves OLLABRIDGE_INBOX_MODEL; it does not pull models")
         else:
@@ -42,13 +45,20 @@ class EngineMode:
             if self.puller.pulls:
                 self._task = asyncio.create_task(self.puller.run())
 
-    async def _start_engine(self) -> None:
+    async def _run_engine(self) -> None:
         assert self.engine is not None
-        if await self.engine.start():
-            await self.router.refresh(force=True)
-            self.router.notify()
-        else:
+        await self.engine.supervise(self._engine_up, self._engine_down)
+        if self.engine.state == "failed":  # its first start failed: it is not coming
             self.active = "none"
+        self.router.started(self.backend)
+
+    async def _engine_up(self) -> None:
+        await self.backend.models(0)  # its list first: the requests waiting for it look at once
+        self.router.started(self.backend)
+
+    def _engine_down(self) -> None:
+        """Starting, or died: requests for its model wait for it rather than fail."""
+        self.router.starting(self.backend, self.settings.engine_start_timeout)
 
     async def stop(self) -> None:
         if self._task:
@@ -61,5 +71,6 @@ class EngineMode:
         info: dict[str, Any] = {"active": self.active, "mode": self.settings.engine,
                                 "url": self.settings.ollama_base_url}
         if self.engine is not None:
-            info.update(state=self.engine.state, detail=self.engine.detail)
+            info.update(state=self.engine.state, detail=self.engine.detail, restarts=self.engine.restarts,
+                        pid=self.engine.pid)
         return info

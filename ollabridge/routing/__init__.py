@@ -1,10 +1,12 @@
 """Which backend serves a request. `Router` (router.py) is the facade the gateway uses; its parts:
 
-- `pool`: membership and the model cache: the backends, their model lists refreshed with a TTL,
-  the union of models, the default model, and which backends serve a model (ModelNotFound,
-  NoBackend when none answers);
+- `pool`: membership and the model cache: the backends, their model lists refreshed in the
+  background with a TTL, the union of models, the default model, which backends serve a model
+  (ModelNotFound, NoBackend when none answers), and the backends still starting that requests
+  wait for (the in-box engine);
 - `slots`: leasing: the best free backend by priority then load, within its slots, and the
-  bounded wait queue with its timeout, woken by `notify`;
+  bounded wait queue with its timeout, first come first served (`notify` hands freed slots to
+  the waiters in arrival order);
 - `serve`: serving: one retry loop for streaming chat and one-shot calls (another backend before
   the first chunk reached the caller, never after), and the tokens each chat made.
 

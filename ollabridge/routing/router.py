@@ -36,6 +36,16 @@ class Router:
     def remove(self, backend: Backend) -> None:
         self.pool.remove(backend)
 
+    def starting(self, backend: Backend, timeout: float) -> None:
+        """`backend` is starting (the in-box engine): requests for a model no other backend serves
+        wait for it, up to `timeout` seconds, until `started(backend)`."""
+        self.pool.starting(backend, timeout)
+
+    def started(self, backend: Backend) -> None:
+        """`backend` is up (its model list fetched) or will not be: the requests waiting look again."""
+        self.pool.started(backend)
+        self.slots.notify()
+
     def notify(self) -> None:
         """Wake queued requests: a slot freed, a backend joined or its models changed."""
         self.slots.notify()

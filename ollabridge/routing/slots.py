@@ -2,15 +2,18 @@
 
 Among the pool's members that serve a model, the best free one is the lowest `priority` (GPU
 nodes before the Space's CPU), then the fewest requests in flight, never past a backend's slots.
-When none is free the request waits in a bounded queue (`max_queue` deep, `queue_timeout` long),
-woken by `notify` whenever a slot frees, a backend joins or its models change.
+When none is free the request waits in a bounded queue (`max_queue` deep, `queue_timeout` long).
+The queue is first come, first served: whenever a slot frees, a backend joins or its models
+change (`notify`), the waiters are handed free slots in arrival order, each slot taken at once on
+the waiter's behalf, so a newcomer never gets a freed slot ahead of a request already waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+from collections import deque
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from ollabridge.backends.base import Backend
@@ -18,38 +21,65 @@ from ollabridge.errors import BackendError, NoBackend
 from ollabridge.routing.pool import Pool
 
 
+@dataclass(eq=False)
+class _Waiter:
+    """A request in the queue: what it may be served by, and where its slot is handed to it."""
+
+    model: str
+    exclude: set[int]
+    slot: asyncio.Future[Backend] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
 class Slots:
     def __init__(self, pool: Pool, *, max_queue: int = 64, queue_timeout: float = 60.0) -> None:
         self.pool = pool
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
-        self.waiting = 0
-        self._freed = asyncio.Condition()
+        self._queue: deque[_Waiter] = deque()
+
+    @property
+    def waiting(self) -> int:
+        """Requests in the queue now, waiting for a slot."""
+        return len(self._queue)
 
     def notify(self) -> None:
-        """Wake queued requests: a slot freed, a backend joined or its models changed."""
-        if self.waiting:
-            asyncio.get_running_loop().create_task(self._notify_all())
+        """A slot freed, a backend joined or its models changed: hand free slots to the waiters in
+        arrival order (each can only take a backend that serves its model), and fail those whose
+        model no backend serves any more."""
+        for waiter in list(self._queue):
+            if waiter.slot.done():  # gave up a moment ago (timed out, client gone): its task is yet to run
+                self._queue.remove(waiter)
+                continue
+            live = self.pool.serving(waiter.model, waiter.exclude)
+            if not live:
+                self._queue.remove(waiter)
+                waiter.slot.set_exception(NoBackend(f"No backend serving '{waiter.model}' is up.",
+                                                    headers={"Retry-After": "5"}))
+                continue
+            backend = self._take(live, waiter.exclude)
+            if backend is not None:
+                self._queue.remove(waiter)
+                waiter.slot.set_result(backend)
 
-    async def _notify_all(self) -> None:
-        async with self._freed:
-            self._freed.notify_all()
-
-    def _best(self, backends: list[Backend], exclude: set[int]) -> Backend | None:
+    def _take(self, backends: list[Backend], exclude: set[int]) -> Backend | None:
+        """The best free backend among `backends`, its slot taken (in flight + 1); None when all are full."""
         free = [b for b in backends if b.available and id(b) not in exclude and b in self.pool.backends]
         if not free:
             return None
-        return min(free, key=lambda b: (b.priority, b.stats.in_flight))
+        backend = min(free, key=lambda b: (b.priority, b.stats.in_flight))
+        backend.stats.in_flight += 1
+        return backend
 
     @asynccontextmanager
     async def lease(self, model: str, exclude: set[int] | None = None) -> AsyncIterator[Backend]:
         """Hold a slot on the best backend for `model`, waiting in the queue when all are full."""
         exclude = exclude or set()
         backends = await self.pool.candidates(model)
-        backend = self._best(backends, exclude)
+        if self._queue:
+            self.notify()  # whatever is free goes to the requests that came first
+        backend = self._take(backends, exclude)
         if backend is None:
             backend = await self._wait_for_slot(model, exclude)
-        backend.stats.in_flight += 1
         backend.stats.total += 1
         try:
             yield backend
@@ -61,27 +91,30 @@ class Slots:
             self.notify()
 
     async def _wait_for_slot(self, model: str, exclude: set[int]) -> Backend:
-        if self.waiting >= self.max_queue:
+        """Wait in line for a slot (already taken on this request's behalf when it is handed over)."""
+        if len(self._queue) >= self.max_queue:
             raise NoBackend(f"All backends serving '{model}' are busy and the queue is full.",
                             headers={"Retry-After": "5"})
-        self.waiting += 1
-        deadline = time.monotonic() + self.queue_timeout
+        waiter = _Waiter(model, exclude)
+        self._queue.append(waiter)
         try:
-            async with self._freed:
-                while True:
-                    live = self.pool.serving(model, exclude)
-                    if not live:
-                        raise NoBackend(f"No backend serving '{model}' is up.", headers={"Retry-After": "5"})
-                    backend = self._best(live, exclude)
-                    if backend is not None:
-                        return backend
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise NoBackend(f"All backends serving '{model}' stayed busy for "
-                                        f"{self.queue_timeout:g}s.", headers={"Retry-After": "5"})
-                    try:
-                        await asyncio.wait_for(self._freed.wait(), remaining)
-                    except TimeoutError:
-                        pass
-        finally:
-            self.waiting -= 1
+            async with asyncio.timeout(self.queue_timeout):
+                return await waiter.slot
+        except BaseException as exc:
+            self._leave(waiter)
+            if isinstance(exc, TimeoutError):
+                raise NoBackend(f"All backends serving '{model}' stayed busy for "
+                                f"{self.queue_timeout:g}s.", headers={"Retry-After": "5"}) from None
+            raise
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """A waiter gave up (timed out, or its client left): out of the queue; a slot handed to it in
+        the meantime goes to the next in line."""
+        if waiter in self._queue:
+            self._queue.remove(waiter)
+        slot = waiter.slot
+        if slot.done() and not slot.cancelled() and slot.exception() is None:
+            slot.result().stats.in_flight -= 1
+            self.notify()
+        elif not slot.done():
+            slot.cancel()
