@@ -18,6 +18,13 @@ stream. Test hooks:
   counts chats whose client went away before the end (what a relay `cancel` must cause).
 - `POST /_control` `{models?: [names], chunks?, delay?, hang?, die_after?}` changes the script.
 - `GET /_last` -> `{chat?, generate?}`: the last body of each, as it reached this "Ollama".
+- `GET /_bodies` -> `{bodies: [{op, body}]}`: every chat and generate body in order (the newest 200;
+  `POST /_control {"reset_bodies": true}` empties it), for clients that make several requests.
+- `POST /_control {"tool_args": {...}}` gives tool calls these arguments instead of the example
+  values; `{"call_tools": false}` answers chats with tools in text, as a model that uses none.
+
+`/api/ps` lists the models that answered a chat or generate in the last 5 minutes (what Ollama
+keeps loaded), newest first, with `expires_at` 5 minutes after their last request.
 """
 
 from __future__ import annotations
@@ -29,8 +36,12 @@ import os
 import time
 from typing import Any
 
-STATE: dict[str, Any] = {"models": ["fake:latest"], "chunks": 5, "delay": 0.0, "hang": False, "die_after": 0}
+STATE: dict[str, Any] = {"models": ["fake:latest"], "chunks": 5, "delay": 0.0, "hang": False, "die_after": 0,
+                         "tool_args": None, "call_tools": True}
 LAST: dict[str, Any] = {}  # the last chat and generate bodies, for tests to see what reached "Ollama"
+BODIES: list[dict[str, Any]] = []  # every chat and generate body, oldest first (the newest 200)
+SERVED: dict[str, float] = {}  # model name -> time.time() of its last chat or generate (for /api/ps)
+KEEP_ALIVE_S = 300.0
 STATS = {"active": 0, "max_active": 0, "started": 0, "completed": 0, "cancelled": 0, "chats": 0, "chunks": 0}
 
 
@@ -42,6 +53,18 @@ def _model(name: str) -> dict[str, Any]:
 
 def _known(name: str) -> bool:
     return name in STATE["models"] or f"{name}:latest" in STATE["models"]
+
+
+def _loaded() -> list[dict[str, Any]]:
+    """`/api/ps`: the models served in the last KEEP_ALIVE_S seconds, newest first."""
+    now = time.time()
+    out = []
+    for name, at in sorted(SERVED.items(), key=lambda kv: -kv[1]):
+        if now - at < KEEP_ALIVE_S and name in STATE["models"]:
+            expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at + KEEP_ALIVE_S))
+            out.append({**{k: v for k, v in _model(name).items() if k != "modified_at"}, "expires_at": expires,
+                        "size_vram": 0, "context_length": 4096})
+    return out
 
 
 async def _read_body(receive) -> bytes:
@@ -86,7 +109,7 @@ def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
 
     tools, messages = body.get("tools"), body.get("messages")
     last = obj(messages[-1]) if isinstance(messages, list) and messages else {}
-    if not tools or not isinstance(tools, list) or last.get("role") == "tool":
+    if not tools or not isinstance(tools, list) or last.get("role") == "tool" or not STATE["call_tools"]:
         return None
     fn = obj(obj(tools[0]).get("function"))
     params = obj(fn.get("parameters"))
@@ -94,6 +117,8 @@ def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
     required = params.get("required") if isinstance(params.get("required"), list) else []
     args = {name: EXAMPLE_VALUES.get(obj(props.get(name)).get("type"))
             for name in required if isinstance(name, str)}
+    if isinstance(STATE["tool_args"], dict):
+        args = dict(STATE["tool_args"])
     return {"function": {"name": fn.get("name") if isinstance(fn.get("name"), str) else "", "arguments": args}}
 
 
@@ -112,6 +137,8 @@ def _final(model: str, n: int, started: float, content: str = "", call: dict | N
 async def _chat(body: dict[str, Any], receive, send, op: str = "chat") -> None:
     model = body.get("model", "")
     LAST[op] = body
+    BODIES.append({"op": op, "body": body})
+    del BODIES[:-200]
     if not _known(model):
         await _json(send, 404, {"error": f"model '{model}' not found"})
         return
@@ -120,6 +147,7 @@ async def _chat(body: dict[str, Any], receive, send, op: str = "chat") -> None:
         await _json(send, 400, {"error": f'"{model}" does not support thinking'})
         return
     if op == "generate" and not body.get("prompt") and body.get("keep_alive") in (0, "0", "0s"):
+        SERVED.pop(model if model in STATE["models"] else f"{model}:latest", None)
         await _json(send, 200, {"model": model, "created_at": "2026-01-01T00:00:00Z", "response": "", "done": True,
                                 "done_reason": "unload"})
         return
@@ -128,6 +156,7 @@ async def _chat(body: dict[str, Any], receive, send, op: str = "chat") -> None:
     stream = body.get("stream", True)
     call = _tool_call(body) if op == "chat" else None
     STATS["chats"] += 1
+    SERVED[model if model in STATE["models"] else f"{model}:latest"] = time.time()
     STATS["started"] += 1
     STATS["active"] += 1
     STATS["max_active"] = max(STATS["max_active"], STATS["active"])
@@ -210,11 +239,13 @@ async def app(scope, receive, send) -> None:
     elif path == "/api/tags":
         await _json(send, 200, {"models": [_model(m) for m in STATE["models"]]})
     elif path == "/api/ps":
-        await _json(send, 200, {"models": []})
+        await _json(send, 200, {"models": _loaded()})
     elif path in ("/api/chat", "/api/generate") and method == "POST":
         await _chat(body, receive, send, path.rsplit("/", 1)[1])
     elif path == "/_last":
         await _json(send, 200, LAST)
+    elif path == "/_bodies":
+        await _json(send, 200, {"bodies": BODIES})
     elif path in ("/api/embed", "/api/embeddings", "/api/show") and method == "POST":
         model = body.get("model") or body.get("name") or ""
         if not _known(model):
@@ -234,9 +265,11 @@ async def app(scope, receive, send) -> None:
     elif path == "/_stats":
         await _json(send, 200, STATS)
     elif path == "/_control" and method == "POST":
-        for key in ("models", "chunks", "delay", "hang", "die_after"):
+        for key in ("models", "chunks", "delay", "hang", "die_after", "tool_args", "call_tools"):
             if key in body:
                 STATE[key] = body[key]
+        if body.get("reset_bodies"):
+            BODIES.clear()
         if body.get("reset_stats"):
             for key in STATS:
                 STATS[key] = 0 if key != "active" else STATS[key]
