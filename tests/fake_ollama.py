@@ -21,7 +21,8 @@ stream. Test hooks:
 - `GET /_bodies` -> `{bodies: [{op, body}]}`: every chat and generate body in order (the newest 200;
   `POST /_control {"reset_bodies": true}` empties it), for clients that make several requests.
 - `POST /_control {"tool_args": {...}}` gives tool calls these arguments instead of the example
-  values; `{"call_tools": false}` answers chats with tools in text, as a model that uses none.
+  values, `{"tool": name}` calls that tool (when the chat has it) instead of the first, and
+  `{"call_tools": false}` answers chats with tools in text, as a model that uses none.
 
 `/api/ps` lists the models that answered a chat or generate in the last 5 minutes (what Ollama
 keeps loaded), newest first, with `expires_at` 5 minutes after their last request.
@@ -37,7 +38,7 @@ import time
 from typing import Any
 
 STATE: dict[str, Any] = {"models": ["fake:latest"], "chunks": 5, "delay": 0.0, "hang": False, "die_after": 0,
-                         "tool_args": None, "call_tools": True}
+                         "tool_args": None, "call_tools": True, "tool": None}
 LAST: dict[str, Any] = {}  # the last chat and generate bodies, for tests to see what reached "Ollama"
 BODIES: list[dict[str, Any]] = []  # every chat and generate body, oldest first (the newest 200)
 SERVED: dict[str, float] = {}  # model name -> time.time() of its last chat or generate (for /api/ps)
@@ -112,6 +113,8 @@ def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
     if not tools or not isinstance(tools, list) or last.get("role") == "tool" or not STATE["call_tools"]:
         return None
     fn = obj(obj(tools[0]).get("function"))
+    if isinstance(STATE["tool"], str):
+        fn = next((f for f in (obj(obj(t).get("function")) for t in tools) if f.get("name") == STATE["tool"]), fn)
     params = obj(fn.get("parameters"))
     props = obj(params.get("properties"))
     required = params.get("required") if isinstance(params.get("required"), list) else []
@@ -265,7 +268,7 @@ async def app(scope, receive, send) -> None:
     elif path == "/_stats":
         await _json(send, 200, STATS)
     elif path == "/_control" and method == "POST":
-        for key in ("models", "chunks", "delay", "hang", "die_after", "tool_args", "call_tools"):
+        for key in ("models", "chunks", "delay", "hang", "die_after", "tool_args", "call_tools", "tool"):
             if key in body:
                 STATE[key] = body[key]
         if body.get("reset_bodies"):
