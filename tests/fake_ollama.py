@@ -1,6 +1,6 @@
 """A scripted Ollama-API server for tests: deterministic chunks, delays, hangs and deaths.
 
-    python -m tests.fake_ollama --port N --models a,b [--chunks N --delay S --die-after K --hang]
+    python -m tests.fake_ollama --port N --models a,b [--chunks N --delay S --die-after K --hang --version V]
 
 Serves `/api/version`, `/api/tags`, `/api/ps`, `/api/chat` (NDJSON or one object), `/api/embed`,
 `/api/embeddings`, `/api/show`. A chat streams `chunks` content chunks ("tok0 ", "tok1 ", ...)
@@ -38,7 +38,7 @@ import time
 from typing import Any
 
 STATE: dict[str, Any] = {"models": ["fake:latest"], "chunks": 5, "delay": 0.0, "hang": False, "die_after": 0,
-                         "tool_args": None, "call_tools": True, "tool": None}
+                         "tool_args": None, "call_tools": True, "tool": None, "version": "0.0.0-fake"}
 LAST: dict[str, Any] = {}  # the last chat and generate bodies, for tests to see what reached "Ollama"
 BODIES: list[dict[str, Any]] = []  # every chat and generate body, oldest first (the newest 200)
 SERVED: dict[str, float] = {}  # model name -> time.time() of its last chat or generate (for /api/ps)
@@ -238,7 +238,7 @@ async def app(scope, receive, send) -> None:
         await _json(send, 400, {"error": "invalid JSON"})
         return
     if path == "/api/version":
-        await _json(send, 200, {"version": "0.0.0-fake"})
+        await _json(send, 200, {"version": STATE["version"]})
     elif path == "/api/tags":
         await _json(send, 200, {"models": [_model(m) for m in STATE["models"]]})
     elif path == "/api/ps":
@@ -290,10 +290,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between chunks")
     parser.add_argument("--die-after", type=int, default=0, help="exit the process after K chunks")
     parser.add_argument("--hang", action="store_true", help="never answer a chat")
+    parser.add_argument("--version", default="0.0.0-fake", help="what /api/version reports")
     parser.add_argument("--max-chunks", type=int, default=100000, help="cap on num_predict (fuzzers send huge ones)")
     args = parser.parse_args(argv)
     STATE.update(models=[m.strip() for m in args.models.split(",") if m.strip()], chunks=args.chunks,
-                 delay=args.delay, hang=args.hang, die_after=args.die_after, max_chunks=args.max_chunks)
+                 delay=args.delay, hang=args.hang, die_after=args.die_after, max_chunks=args.max_chunks,
+                 version=args.version)
     import uvicorn
 
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="on")
