@@ -64,14 +64,20 @@ def run(argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -
     return Run(proc.returncode, proc.stdout, proc.stderr, took)
 
 
-def claude(home: Path, base: str, model: str, *args: str, prompt: str = "say hi") -> Run:
+def claude(home: Path, base: str, model: str, *args: str, prompt: str = "say hi", api_key: str | None = None) -> Run:
+    """`claude -p`; with `api_key` as ANTHROPIC_API_KEY (sent as x-api-key), else a made-up
+    ANTHROPIC_AUTH_TOKEN (sent as Authorization: Bearer)."""
     home.mkdir(parents=True, exist_ok=True)
-    env = {"HOME": str(home), "ANTHROPIC_BASE_URL": base, "ANTHROPIC_AUTH_TOKEN": "x", "ANTHROPIC_MODEL": model,
+    auth = {"ANTHROPIC_API_KEY": api_key} if api_key else {"ANTHROPIC_AUTH_TOKEN": "x"}
+    env = {"HOME": str(home), "ANTHROPIC_BASE_URL": base, **auth, "ANTHROPIC_MODEL": model,
            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "8"}
     return run([str(binary("claude")), "-p", prompt, *args], env, home)
 
 
-def codex(home: Path, base: str, model: str, *args: str, extra: str = "", prompt: str = "say hi") -> Run:
+def codex(home: Path, base: str, model: str, *args: str, extra: str = "", prompt: str = "say hi",
+          api_key: str | None = None) -> Run:
+    """`codex exec` with a custom `responses` provider; with `api_key`, the provider's `env_key`
+    (sent as Authorization: Bearer), else none (Codex then sends no Authorization)."""
     codex_home, work = home / "codex", home / "work"
     codex_home.mkdir(parents=True, exist_ok=True)
     work.mkdir(exist_ok=True)
@@ -90,8 +96,9 @@ plugins = false
 name = "OllaBridge"
 base_url = "{base}"
 wire_api = "responses"
+{'env_key = "OLLABRIDGE_API_KEY"' if api_key else ""}
 ''')
-    env = {"HOME": str(home), "CODEX_HOME": str(codex_home)}
+    env = {"HOME": str(home), "CODEX_HOME": str(codex_home), **({"OLLABRIDGE_API_KEY": api_key} if api_key else {})}
     return run([str(binary("codex")), "exec", "--skip-git-repo-check", *args, prompt], env, work)
 
 
@@ -236,30 +243,37 @@ def test_codex_aliased_model_with_reasoning(scripted, tmp_path):
 
 @pytest.fixture(scope="module")
 def relay(out_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A gateway whose own Ollama has `cpu-only`, and a paired node agent whose Ollama has `gpu-coder`."""
+    """A gateway with an API key, whose own Ollama has `cpu-only`, and a paired node agent whose
+    Ollama has `gpu-coder`."""
     logs = out_dir / "clients-cli"
     logs.mkdir(exist_ok=True)
     tmp = tmp_path_factory.mktemp("cli-relay")
     with ExitStack() as stack:
         cpu = stack.enter_context(fake_ollama(logs, "cpu-only:latest"))
         gpu = stack.enter_context(fake_ollama(logs, "gpu-coder:latest"))
-        gw = stack.enter_context(gateway(logs, tmp / "data", cpu))
+        gw = stack.enter_context(gateway(logs, tmp / "data", cpu, OLLABRIDGE_API_KEYS="sk-cli-key"))
         creds = tmp / "creds.json"
         save_credential(creds, gw, pair(gw, "cli-node"))
         stack.enter_context(node(logs, gw, gpu, creds, "cli-node"))
         yield SimpleNamespace(cpu=cpu, gpu=gpu, gw=gw)
 
 
-def test_claude_code_and_codex_through_a_node(relay, tmp_path):
+def test_claude_code_and_codex_through_a_node_with_an_api_key(relay, tmp_path):
     script(relay.gpu, call_tools=False)
     script(relay.cpu)
-    ok(claude(tmp_path / "claude", relay.gw + "/ollama", "gpu-coder"), TOK8)
+    ok(claude(tmp_path / "claude", relay.gw + "/ollama", "gpu-coder", api_key="sk-cli-key"), TOK8)
     served = bodies(relay.gpu)
     assert served and len(served[-1]["tools"]) == 24 and "think" not in served[-1]
+    # A wrong key is said at once (without X-Should-Retry: false Claude Code retried it for minutes).
+    refused = claude(tmp_path / "claude-wrong", relay.gw + "/ollama", "gpu-coder", api_key="sk-wrong")
+    assert refused.rc == 1 and "401 That API key is not valid" in refused.stdout, refused
+    assert refused.seconds < 60
 
     script(relay.gpu, tool_args={"cmd": "echo via-node-42"})
-    result = codex(tmp_path / "codex", relay.gw + "/ollama/v1", "gpu-coder")
+    result = codex(tmp_path / "codex", relay.gw + "/ollama/v1", "gpu-coder", api_key="sk-cli-key")
     ok(result, TOK5)
     *_, answer = bodies(relay.gpu)[-1]["messages"]
     assert answer["role"] == "tool" and "via-node-42" in answer["content"]
     assert bodies(relay.cpu) == []  # the node served it all
+    keyless = codex(tmp_path / "codex-none", relay.gw + "/ollama/v1", "gpu-coder")
+    assert keyless.rc == 1 and "401" in keyless.stderr and keyless.seconds < 60, keyless
