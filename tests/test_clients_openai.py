@@ -118,6 +118,13 @@ def test_responses_reasoning_image_and_statelessness(scripted):
         scripted.sdk.responses.create(model="no-such-model", input="hi")
 
 
+def test_models_retrieve_by_the_name_that_chats(scripted):
+    assert scripted.sdk.models.retrieve("fake").id == "fake:latest"  # "fake" answers, so it exists
+    assert scripted.sdk.models.retrieve("fake:latest").id == "fake:latest"
+    with pytest.raises(openai.NotFoundError):
+        scripted.sdk.models.retrieve("no-such-model")
+
+
 # -- Completions ------------------------------------------------------------------------------------
 
 def test_completions_whole_streamed_and_suffix(scripted):
