@@ -203,6 +203,7 @@ def test_version_root_and_head(env):
     root = httpx.get(f"{env.gw}/ollama/")
     assert root.status_code == 200 and root.text == "Ollama is running"
     assert httpx.head(f"{env.gw}/ollama").status_code == 200 and httpx.head(f"{env.gw}/").status_code == 200
+    assert httpx.head(f"{env.gw}/ollama/api/tags").status_code == 200  # as Ollama answers it
 
 
 def test_in_box_engine_generate_raw(gateway_url):
