@@ -160,6 +160,18 @@ def test_api_keys_as_x_api_key(out_dir, tmp_path):
         assert refused.value.body["error"]["type"] == "authentication_error"
 
 
+def test_a_backend_dying_mid_stream_is_an_error_not_a_short_answer(out_dir, tmp_path):
+    with fake_ollama(out_dir, "fake:latest", "--chunks", "10", "--die-after", "3") as up, \
+            gateway(out_dir, tmp_path, up) as gw:
+        sdk = anthropic.Anthropic(base_url=gw, api_key="x", max_retries=0)
+        pieces = []
+        with pytest.raises(anthropic.APIStatusError) as failed:
+            with sdk.messages.stream(model="fake", max_tokens=10, messages=HI) as stream:
+                pieces.extend(stream.text_stream)
+        assert "".join(pieces) == "tok0 tok1 tok2 "  # what came before the error event
+        assert failed.value.body["type"] == "error" and "mid-stream" in failed.value.body["error"]["message"]
+
+
 def test_in_box_engine_streams_real_tokens(gateway_url):
     sdk = anthropic.Anthropic(base_url=f"{gateway_url}/ollama", api_key="x", max_retries=0, timeout=120)
     with sdk.messages.stream(model="gemma3:270m", max_tokens=8, messages=[{"role": "user", "content": "Hello!"}],

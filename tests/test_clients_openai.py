@@ -111,6 +111,11 @@ def test_responses_reasoning_image_and_statelessness(scripted):
     assert last(scripted.up)["messages"] == [{"role": "user", "content": "What is this?",
                                               "images": [PNG_URL.split(",", 1)[1]]}]
 
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    scripted.sdk.responses.create(model="fake", input="A city?",
+                                  text={"format": {"type": "json_schema", "name": "city", "schema": schema}})
+    assert last(scripted.up)["format"] == schema  # Ollama's structured output
+
     with pytest.raises(openai.BadRequestError) as stateful:
         scripted.sdk.responses.create(model="fake", input="and then?", previous_response_id=reply.id)
     assert "stateless" in stateful.value.body["message"]
@@ -146,6 +151,15 @@ def test_completions_whole_streamed_and_suffix(scripted):
 
     with pytest.raises(openai.BadRequestError):
         scripted.sdk.completions.create(model="fake", prompt="x", n=2)
+
+
+def test_a_backend_dying_mid_stream_fails_the_response(out_dir, tmp_path):
+    with fake_ollama(out_dir, "fake:latest", "--chunks", "10", "--die-after", "3") as up, \
+            gateway(out_dir, tmp_path, up) as gw:
+        events = list(sdk(f"{gw}/v1").responses.create(model="fake", input="hi", stream=True))
+        assert [e.delta for e in events if e.type == "response.output_text.delta"] == ["tok0 ", "tok1 ", "tok2 "]
+        assert events[-1].type == "response.failed" and events[-1].response.status == "failed"
+        assert "mid-stream" in events[-1].response.error.message
 
 
 # -- the in-box engine and a node -------------------------------------------------------------------
