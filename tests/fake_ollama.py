@@ -1,6 +1,6 @@
 """A scripted Ollama-API server for tests: deterministic chunks, delays, hangs and deaths.
 
-    python -m tests.fake_ollama --port N --models a,b [--chunks N --delay S --die-after K --hang]
+    python -m tests.fake_ollama --port N --models a,b [--chunks N --delay S --die-after K --hang --version V]
 
 Serves `/api/version`, `/api/tags`, `/api/ps`, `/api/chat` (NDJSON or one object), `/api/embed`,
 `/api/embeddings`, `/api/show`. A chat streams `chunks` content chunks ("tok0 ", "tok1 ", ...)
@@ -18,6 +18,14 @@ stream. Test hooks:
   counts chats whose client went away before the end (what a relay `cancel` must cause).
 - `POST /_control` `{models?: [names], chunks?, delay?, hang?, die_after?}` changes the script.
 - `GET /_last` -> `{chat?, generate?}`: the last body of each, as it reached this "Ollama".
+- `GET /_bodies` -> `{bodies: [{op, body}]}`: every chat and generate body in order (the newest 200;
+  `POST /_control {"reset_bodies": true}` empties it), for clients that make several requests.
+- `POST /_control {"tool_args": {...}}` gives tool calls these arguments instead of the example
+  values, `{"tool": name}` calls that tool (when the chat has it) instead of the first, and
+  `{"call_tools": false}` answers chats with tools in text, as a model that uses none.
+
+`/api/ps` lists the models that answered a chat or generate in the last 5 minutes (what Ollama
+keeps loaded), newest first, with `expires_at` 5 minutes after their last request.
 """
 
 from __future__ import annotations
@@ -29,8 +37,12 @@ import os
 import time
 from typing import Any
 
-STATE: dict[str, Any] = {"models": ["fake:latest"], "chunks": 5, "delay": 0.0, "hang": False, "die_after": 0}
+STATE: dict[str, Any] = {"models": ["fake:latest"], "chunks": 5, "delay": 0.0, "hang": False, "die_after": 0,
+                         "tool_args": None, "call_tools": True, "tool": None, "version": "0.0.0-fake"}
 LAST: dict[str, Any] = {}  # the last chat and generate bodies, for tests to see what reached "Ollama"
+BODIES: list[dict[str, Any]] = []  # every chat and generate body, oldest first (the newest 200)
+SERVED: dict[str, float] = {}  # model name -> time.time() of its last chat or generate (for /api/ps)
+KEEP_ALIVE_S = 300.0
 STATS = {"active": 0, "max_active": 0, "started": 0, "completed": 0, "cancelled": 0, "chats": 0, "chunks": 0}
 
 
@@ -42,6 +54,18 @@ def _model(name: str) -> dict[str, Any]:
 
 def _known(name: str) -> bool:
     return name in STATE["models"] or f"{name}:latest" in STATE["models"]
+
+
+def _loaded() -> list[dict[str, Any]]:
+    """`/api/ps`: the models served in the last KEEP_ALIVE_S seconds, newest first."""
+    now = time.time()
+    out = []
+    for name, at in sorted(SERVED.items(), key=lambda kv: -kv[1]):
+        if now - at < KEEP_ALIVE_S and name in STATE["models"]:
+            expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at + KEEP_ALIVE_S))
+            out.append({**{k: v for k, v in _model(name).items() if k != "modified_at"}, "expires_at": expires,
+                        "size_vram": 0, "context_length": 4096})
+    return out
 
 
 async def _read_body(receive) -> bytes:
@@ -86,14 +110,18 @@ def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
 
     tools, messages = body.get("tools"), body.get("messages")
     last = obj(messages[-1]) if isinstance(messages, list) and messages else {}
-    if not tools or not isinstance(tools, list) or last.get("role") == "tool":
+    if not tools or not isinstance(tools, list) or last.get("role") == "tool" or not STATE["call_tools"]:
         return None
     fn = obj(obj(tools[0]).get("function"))
+    if isinstance(STATE["tool"], str):
+        fn = next((f for f in (obj(obj(t).get("function")) for t in tools) if f.get("name") == STATE["tool"]), fn)
     params = obj(fn.get("parameters"))
     props = obj(params.get("properties"))
     required = params.get("required") if isinstance(params.get("required"), list) else []
     args = {name: EXAMPLE_VALUES.get(obj(props.get(name)).get("type"))
             for name in required if isinstance(name, str)}
+    if isinstance(STATE["tool_args"], dict):
+        args = dict(STATE["tool_args"])
     return {"function": {"name": fn.get("name") if isinstance(fn.get("name"), str) else "", "arguments": args}}
 
 
@@ -112,6 +140,8 @@ def _final(model: str, n: int, started: float, content: str = "", call: dict | N
 async def _chat(body: dict[str, Any], receive, send, op: str = "chat") -> None:
     model = body.get("model", "")
     LAST[op] = body
+    BODIES.append({"op": op, "body": body})
+    del BODIES[:-200]
     if not _known(model):
         await _json(send, 404, {"error": f"model '{model}' not found"})
         return
@@ -120,6 +150,7 @@ async def _chat(body: dict[str, Any], receive, send, op: str = "chat") -> None:
         await _json(send, 400, {"error": f'"{model}" does not support thinking'})
         return
     if op == "generate" and not body.get("prompt") and body.get("keep_alive") in (0, "0", "0s"):
+        SERVED.pop(model if model in STATE["models"] else f"{model}:latest", None)
         await _json(send, 200, {"model": model, "created_at": "2026-01-01T00:00:00Z", "response": "", "done": True,
                                 "done_reason": "unload"})
         return
@@ -128,6 +159,7 @@ async def _chat(body: dict[str, Any], receive, send, op: str = "chat") -> None:
     stream = body.get("stream", True)
     call = _tool_call(body) if op == "chat" else None
     STATS["chats"] += 1
+    SERVED[model if model in STATE["models"] else f"{model}:latest"] = time.time()
     STATS["started"] += 1
     STATS["active"] += 1
     STATS["max_active"] = max(STATS["max_active"], STATS["active"])
@@ -206,15 +238,17 @@ async def app(scope, receive, send) -> None:
         await _json(send, 400, {"error": "invalid JSON"})
         return
     if path == "/api/version":
-        await _json(send, 200, {"version": "0.0.0-fake"})
+        await _json(send, 200, {"version": STATE["version"]})
     elif path == "/api/tags":
         await _json(send, 200, {"models": [_model(m) for m in STATE["models"]]})
     elif path == "/api/ps":
-        await _json(send, 200, {"models": []})
+        await _json(send, 200, {"models": _loaded()})
     elif path in ("/api/chat", "/api/generate") and method == "POST":
         await _chat(body, receive, send, path.rsplit("/", 1)[1])
     elif path == "/_last":
         await _json(send, 200, LAST)
+    elif path == "/_bodies":
+        await _json(send, 200, {"bodies": BODIES})
     elif path in ("/api/embed", "/api/embeddings", "/api/show") and method == "POST":
         model = body.get("model") or body.get("name") or ""
         if not _known(model):
@@ -234,9 +268,11 @@ async def app(scope, receive, send) -> None:
     elif path == "/_stats":
         await _json(send, 200, STATS)
     elif path == "/_control" and method == "POST":
-        for key in ("models", "chunks", "delay", "hang", "die_after"):
+        for key in ("models", "chunks", "delay", "hang", "die_after", "tool_args", "call_tools", "tool"):
             if key in body:
                 STATE[key] = body[key]
+        if body.get("reset_bodies"):
+            BODIES.clear()
         if body.get("reset_stats"):
             for key in STATS:
                 STATS[key] = 0 if key != "active" else STATS[key]
@@ -254,10 +290,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between chunks")
     parser.add_argument("--die-after", type=int, default=0, help="exit the process after K chunks")
     parser.add_argument("--hang", action="store_true", help="never answer a chat")
+    parser.add_argument("--version", default="0.0.0-fake", help="what /api/version reports")
     parser.add_argument("--max-chunks", type=int, default=100000, help="cap on num_predict (fuzzers send huge ones)")
     args = parser.parse_args(argv)
     STATE.update(models=[m.strip() for m in args.models.split(",") if m.strip()], chunks=args.chunks,
-                 delay=args.delay, hang=args.hang, die_after=args.die_after, max_chunks=args.max_chunks)
+                 delay=args.delay, hang=args.hang, die_after=args.die_after, max_chunks=args.max_chunks,
+                 version=args.version)
     import uvicorn
 
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="on")

@@ -15,6 +15,7 @@ command -v "$PY" >/dev/null || PY=python3
 apt_pkgs=()
 [ -x /usr/bin/chromium ] || apt_pkgs+=(chromium)
 command -v node >/dev/null || apt_pkgs+=(nodejs)
+command -v npm >/dev/null || apt_pkgs+=(npm)
 { command -v gcc && command -v g++ && command -v make; } >/dev/null || apt_pkgs+=(build-essential)
 [ -x .venv/bin/python ] || "$PY" -c "import ensurepip, venv" 2>/dev/null || apt_pkgs+=(python3-venv)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
@@ -32,6 +33,15 @@ echo "== installing requirements-dev.txt (llama-cpp-python builds from source on
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2}
 python -m pip install -q --upgrade pip >/dev/null
 python -m pip install -q -r requirements-dev.txt
+
+# The CLIs the client tests run (Claude Code, Codex), pinned by tests/js/package-lock.json: `npm ci`
+# into tests/js/node_modules only when it is missing or the lock changed since the last install.
+lock_sum=$(sha256sum tests/js/package-lock.json | cut -d' ' -f1)
+if [ "$(cat tests/js/node_modules/.lock-sha256 2>/dev/null)" != "$lock_sum" ]; then
+  echo "== installing tests/js/package-lock.json (npm ci: Claude Code and Codex)"
+  (cd tests/js && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$lock_sum" > tests/js/node_modules/.lock-sha256
+fi
 
 export GRADIO_ANALYTICS_ENABLED=False
 echo "== running the tests"

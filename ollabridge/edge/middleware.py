@@ -137,7 +137,10 @@ class EdgeMiddleware:
                             why = "The admin token is not an API key; mint one with POST /admin/keys."
                         else:
                             why = "That API key is not valid."
-                        await refuse(401, why, {"WWW-Authenticate": "Bearer"}, code="invalid_api_key")
+                        # X-Should-Retry: the Stainless SDKs' hint; Claude Code otherwise retries a
+                        # 401 for minutes before saying the key is wrong.
+                        await refuse(401, why, {"WWW-Authenticate": "Bearer", "X-Should-Retry": "false"},
+                                     code="invalid_api_key")
                     self._finish(ctx, scope)
                     return
                 ctx.key = key.id

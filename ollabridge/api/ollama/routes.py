@@ -69,7 +69,7 @@ async def generate(body: NativeGenerateRequest, request: Request):
     return await _native(request, body, stream)
 
 
-@router.get("/tags")
+@router.api_route("/tags", methods=["GET", "HEAD"])
 async def tags(request: Request):
     """Every model any backend serves, in Ollama's format."""
     return convert.tags_response(await _gateway(request).router.models())

@@ -93,10 +93,10 @@ async def list_models(request: Request):
 
 @router.get("/v1/models/{model:path}", responses=_ERRORS)
 async def get_model(model: str, request: Request):
-    """One model, or 404 naming the models that exist."""
+    """One model (`name` finds `name:latest`, as Ollama names it), or 404 naming the models that exist."""
     listing = convert.models_to_openai(await _gateway(request).router.models())
     for card in listing["data"]:
-        if card["id"] == model:
+        if card["id"] in (model, f"{model}:latest"):
             return JSONResponse(card)
     raise ModelNotFound(model, [card["id"] for card in listing["data"]])
 
