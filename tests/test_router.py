@@ -314,3 +314,31 @@ async def test_a_waiter_giving_up_as_its_slot_frees_leaves_the_slot_to_the_next(
     assert (await holder)[0] == "node" and (await waiters[1])[0] == "node"
     assert waiters[0].cancelled() and node.order == ["holder", 1]
     assert (router.waiting, node.stats.in_flight) == (0, 0)
+
+
+class Thinkless(Scripted):
+    """Answers as Ollama does for a model without the thinking capability: 400 when asked to think."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bodies: list[dict] = []
+
+    async def stream(self, op, body):
+        self.bodies.append(body)
+        if body.get("think"):
+            raise BackendError('"a" does not support thinking', status=400, backend=self.name)
+        async for chunk in super().stream(op, body):
+            yield chunk
+
+
+async def test_a_think_the_model_cannot_honour_is_dropped_once_then_never_sent():
+    router = Router()
+    backend = Thinkless("one", ["a"])
+    router.add(backend)
+    for _ in range(2):
+        chunks = [c async for c in router.chat({"model": "a", "messages": [], "think": "high"}, relax_think=True)]
+        assert chunks[-1]["done"] and chunks[0]["message"]["content"] == "one"
+    # The first request learned it (a refused try, then without `think`); the second went without at once.
+    assert [b.get("think") for b in backend.bodies] == ["high", None, None]
+    with pytest.raises(BackendError, match="does not support thinking"):  # the native API passes it as sent
+        [c async for c in router.chat({"model": "a", "messages": [], "think": True})]

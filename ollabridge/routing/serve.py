@@ -28,6 +28,9 @@ class Serving:
         self.pool = pool
         self.slots = slots
         self.retries = retries
+        # (backend, model) pairs that answered "does not support thinking": later requests drop the
+        # hint before they are sent, not after a refused first try (bounded: cleared past 4096).
+        self.thinkless: set[tuple[str, str]] = set()
 
     def stream(self, op: str, body: dict[str, Any], served: dict[str, Any] | None = None,
                relax_think: bool = False) -> AsyncIterator[dict[str, Any]]:
@@ -67,13 +70,16 @@ class Serving:
                     tried.add(id(backend))
                     if served is not None:
                         served.update(backend=backend.name, kind=backend.kind)
-                    async for item in run(backend, body):
+                    thinkless = relax_think and "think" in body and (backend.name, model) in self.thinkless
+                    async for item in run(backend, _without_think(body) if thinkless else body):
                         sent = True
                         yield item
                     return
             except BackendError as exc:
                 if not sent and relax_think and "think" in body and _cannot_think(exc):
-                    body = {k: v for k, v in body.items() if k != "think"}
+                    if len(self.thinkless) > 4096:
+                        self.thinkless.clear()
+                    self.thinkless.add((backend.name, model))
                     tried.discard(id(backend))  # the same backend, without the hint
                     continue
                 if sent or not exc.retryable or attempts > self.retries or not self.pool.serving(model, tried):
@@ -84,6 +90,10 @@ class Serving:
         if all(id(b) in cannot for b in await self.pool.candidates(model)):
             raise NoBackend(f"No backend serving '{model}' can answer '{op}': its GPU nodes run an older "
                             "agent; update ollabridge on them.", headers={"Retry-After": "30"})
+
+
+def _without_think(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k != "think"}
 
 
 def _cannot_think(exc: BackendError) -> bool:
