@@ -121,7 +121,7 @@ class RelayHub:
         except Exception as exc:  # NodeAuthError; anything else is the gateway's fault (1011)
             code = getattr(exc, "close_code", 1011)
             log.info("relay connection from %s refused: %s", ws.client.host if ws.client else "?", exc)
-            await ws.close(code, getattr(exc, "reason", str(exc)))
+            await ws.close(code, p.close_reason(getattr(exc, "reason", str(exc))))
             return
         node_id = row["node_id"]
         try:
@@ -136,7 +136,7 @@ class RelayHub:
             return
         except p.ProtocolError as exc:
             log.info("node %s: %s", node_id, exc)
-            await ws.close(exc.code, str(exc)[:120])
+            await ws.close(exc.code, p.close_reason(str(exc)))
             return
         old = self.nodes.get(node_id)
         if old is not None:

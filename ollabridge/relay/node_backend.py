@@ -230,7 +230,7 @@ class NodeBackend(Backend):
             if self._close is not None and self.ws.client_state == WebSocketState.CONNECTED:
                 code, reason = self._close
                 try:
-                    await asyncio.wait_for(self.ws.close(code, reason.encode()[:120].decode(errors="ignore")), 2)
+                    await asyncio.wait_for(self.ws.close(code, p.close_reason(reason)), 2)
                 except Exception:  # noqa: BLE001 - the peer may already be gone
                     pass
             self.closed.set()

@@ -43,6 +43,7 @@ NODE_TYPES = ("hello", "ping", "pong", "res", "models")
 CLOUD_TYPES = ("welcome", "ping", "pong", "req", "cancel", "credit", "goaway")
 
 DEFAULT_MAX_FRAME = 8 * 1024 * 1024  # bytes of one text frame
+MAX_CLOSE_REASON = 123  # bytes: a close frame's payload is at most 125, 2 of them the code
 DEFAULT_WINDOW = 64  # res frames a node may send for one request before it needs credit
 MAX_SLOTS = 256
 MAX_ID = 64
@@ -59,6 +60,11 @@ class ProtocolError(Exception):
 def encode(frame: dict[str, Any]) -> str:
     """A frame as the JSON text of one WebSocket message."""
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+def close_reason(text: str) -> str:
+    """`text` cut to fit a close frame: at most 123 bytes of UTF-8, never half a character."""
+    return text.encode()[:MAX_CLOSE_REASON].decode(errors="ignore")
 
 
 def parse(raw: Any, max_bytes: int = DEFAULT_MAX_FRAME, allowed: tuple[str, ...] = NODE_TYPES) -> dict[str, Any]:
