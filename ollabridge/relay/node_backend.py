@@ -247,11 +247,7 @@ class NodeBackend(Backend):
             frame = p.check_node_frame(p.parse(raw, self.hub.max_frame))
             kind = frame["type"]
             if kind == "res":
-                req = self._requests.get(frame["id"])
-                if req is not None and not req.feed(frame):
-                    req.fail(BackendError(f"GPU node '{self.name}' overran its flow-control window",
-                                          backend=self.name))
-                    self.send({"type": "cancel", "id": req.id})
+                self._deliver(frame)
             elif kind == "ping":
                 self.send({"type": "pong", "t": frame.get("t")})
             elif kind == "pong":
@@ -261,6 +257,28 @@ class NodeBackend(Backend):
                 self._models = frame["models"]
                 self._models_at = time.monotonic()
                 self.hub.models_changed(self)
+
+    def _deliver(self, frame: dict[str, Any]) -> None:
+        """A `res` to the request it answers, its data checked first (relay/protocol.py): a value the
+        gateway cannot use fails that request (502, or an error event once streaming), is logged, and
+        the node is told to stop; the socket and the node's other requests go on."""
+        req = self._requests.get(frame["id"])
+        if req is None or req.end is not None:
+            return
+        if "data" in frame:
+            try:
+                frame = {**frame, "data": p.check_answer(req.op, frame["data"], frame["done"])}
+            except p.BadAnswer as exc:
+                log.warning("node %s (%s) sent a bad answer to %s (%s): %s; failing that request",
+                            self.node_id, self.name, req.id, req.op, exc)
+                req.fail(BackendError(f"GPU node '{self.name}' sent a bad answer: {exc}", status=502,
+                                      retryable=True, backend=self.name))
+                self.send({"type": "cancel", "id": req.id})
+                return
+        if not req.feed(frame):
+            req.fail(BackendError(f"GPU node '{self.name}' overran its flow-control window",
+                                  backend=self.name))
+            self.send({"type": "cancel", "id": req.id})
 
     async def _writer(self) -> None:
         while True:
