@@ -57,9 +57,15 @@ class Serving:
                     tried.add(id(backend))
                     if served is not None:
                         served.update(backend=backend.name, kind=backend.kind)
-                    async for item in run(backend):
-                        sent = True
-                        yield item
+                    items = run(backend)
+                    try:
+                        async for item in items:
+                            sent = True
+                            yield item
+                    finally:
+                        # Closed now, not by the garbage collector: a backend abandoned mid-stream stops at
+                        # once (a node gets its cancel) while its slot is still leased.
+                        await items.aclose()
                     return
             except BackendError as exc:
                 if sent or not exc.retryable or len(tried) > self.retries or not self.pool.serving(model, tried):
@@ -80,6 +86,11 @@ class Metered:
 
     def __aiter__(self) -> Metered:
         return self
+
+    async def aclose(self) -> None:
+        close = getattr(self.chunks, "aclose", None)
+        if close is not None:
+            await close()
 
     async def __anext__(self) -> dict[str, Any]:
         chunk = await anext(self.chunks)

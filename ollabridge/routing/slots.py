@@ -36,10 +36,16 @@ class Slots:
             self._freed.notify_all()
 
     def _best(self, backends: list[Backend], exclude: set[int]) -> Backend | None:
-        free = [b for b in backends if b.available and id(b) not in exclude and b in self.pool.backends]
-        if not free:
+        members = [b for b in backends if id(b) not in exclude and b in self.pool.backends]
+        free = [b for b in members if b.available]
+        best = min(free, key=lambda b: (b.priority, b.stats.in_flight)) if free else None
+        # A better backend whose slot is only held until it lets go of a stopped request is free in a
+        # moment: wait for it (woken by notify) rather than fall back to a slower one.
+        soon = [b.priority for b in members
+                if b.releasing and b not in free and b.stats.in_flight < (b.slots or 0)]
+        if soon and (best is None or min(soon) < best.priority):
             return None
-        return min(free, key=lambda b: (b.priority, b.stats.in_flight))
+        return best
 
     @asynccontextmanager
     async def lease(self, model: str, exclude: set[int] | None = None) -> AsyncIterator[Backend]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from ollabridge import __version__
 from ollabridge.api.ollama import convert
 from ollabridge.api.ollama.protocol import (NativeChatRequest, NativeEmbeddingsRequest, NativeEmbedRequest,
                                             NativeError, NativeShowRequest)
-from ollabridge.api.streaming import ndjson_stream, start
+from ollabridge.api.streaming import NDJSONResponse, start, unless_gone
 from ollabridge.edge import context as edge
 from ollabridge.errors import BadRequest, Forbidden
 from ollabridge.gateway import Gateway
@@ -36,11 +36,11 @@ async def chat(body: NativeChatRequest, request: Request):
     stream = gateway.router.chat(payload, edge.track(request, body.model))
     if gateway.settings.log_content:
         stream = edge.with_content(request, payload.get("messages"), stream)
-    first = await start(stream)
+    first = await unless_gone(start(stream), request.receive)
     if not body.stream:
         await stream.aclose()
         return JSONResponse(first)
-    return StreamingResponse(ndjson_stream(first, stream), media_type="application/x-ndjson")
+    return NDJSONResponse(first, stream)
 
 
 @router.get("/tags")

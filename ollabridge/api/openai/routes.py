@@ -10,7 +10,7 @@ from ollabridge.api.openai.sse import ChatSSE
 from ollabridge.api.sse_response import SSEResponse
 from ollabridge.api.openai.protocol import (ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
                                             EmbeddingRequest, EmbeddingResponse, ErrorResponse, ModelList)
-from ollabridge.api.streaming import start
+from ollabridge.api.streaming import collect, unless_gone
 from ollabridge.edge import context as edge
 from ollabridge.errors import ModelNotFound
 from ollabridge.gateway import Gateway
@@ -43,12 +43,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         # The first chunk is awaited inside, with keep-alives meanwhile (OLLABRIDGE_KEEPALIVE; 0: none).
         return SSEResponse(stream, encoder, gateway.settings.keepalive_s, request.url.path,
                            edge.context(request))
-    first = await start(stream)
-    chunks = [first]
-    if not first.get("done"):
-        async for chunk in stream:
-            chunks.append(chunk)
-    return JSONResponse(convert.aggregate_completion(chunks, model))
+    return JSONResponse(convert.aggregate_completion(await unless_gone(collect(stream), request.receive), model))
 
 
 @router.get("/v1/models", response_model=ModelList)
