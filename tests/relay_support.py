@@ -71,7 +71,8 @@ def save_credential(path: Path, gw: str, cred: dict[str, Any]) -> None:
 
 
 def relay_nodes(gw: str) -> list[dict[str, Any]]:
-    return httpx.get(f"{gw}/ollama/status", timeout=5).json()["relay"]["nodes"]
+    """The connected nodes, as the owner lists them (`/device/nodes` needs the admin token)."""
+    return [n for n in httpx.get(f"{gw}/device/nodes", headers=AUTH, timeout=5).json()["nodes"] if n["connected"]]
 
 
 def relay_stats(gw: str) -> dict[str, Any]:

@@ -5,6 +5,12 @@ the X-Forwarded-For entry a proxy appends), asked by real clients (httpx, the op
 
 from __future__ import annotations
 
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,9 +18,9 @@ import httpx
 import openai
 import pytest
 
-from tests.procs import free_port
-from tests.relay_support import ADMIN, AUTH, fake_ollama, gateway, wait_until
-from tests.ui_helpers import CHROMIUM, launch
+from tests.procs import ROOT, free_port, running
+from tests.relay_support import ADMIN, AUTH, fake_ollama, gateway, gateway_env, wait_until
+from tests.ui_helpers import CHROMIUM, launch, open_tab
 
 KEY = "sk-the-right-key"
 MSG = [{"role": "user", "content": "hi"}]
@@ -126,11 +132,12 @@ def test_pairing_limits_count_the_caller_not_the_proxy(env):
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
 def test_the_pair_tab_counts_wrong_admin_tokens_like_the_api(env, tmp_path):
     """In real Chromium: the web UI's admin token field is no way around the limit, and a browser behind
-    the same proxy at another address is not locked out."""
+    the same proxy at another address is not locked out. Its Status tab shows no URL's credentials."""
     from playwright.sync_api import sync_playwright
 
     port = free_port()
-    with gateway(env.logs, tmp_path / "data", env.upstream, port=port, OLLABRIDGE_UI="1",
+    with_secret = env.upstream.replace("http://", "http://admin:s3cret-pw@")
+    with gateway(env.logs, tmp_path / "data", with_secret, port=port, OLLABRIDGE_UI="1",
                  OLLABRIDGE_FORWARDED_HOPS="1") as gw, sync_playwright() as p:
         code = httpx.post(f"{gw}/device/start", json={"name": "ui-node"}).json()["user_code"]
         browser = launch(p)
@@ -159,5 +166,70 @@ def test_the_pair_tab_counts_wrong_admin_tokens_like_the_api(env, tmp_path):
             assert api.status_code == 429  # one count for the UI and the API
             owner = pair_tab("203.0.113.51")
             assert "ui-node" in lookup(owner, code, ADMIN, "is waiting for approval")
+            open_tab(owner, "Status")
+            wait_until(lambda: "***@127.0.0.1" in owner.inner_text("#status-html"), 15, "the engine's URL")
+            assert "s3cret-pw" not in owner.content()
         finally:
             browser.close()
+
+
+# -- point 5: nothing secret on open routes --------------------------------------------------------
+def test_urls_on_open_routes_never_show_credentials(env, tmp_path):
+    with_secret = env.upstream.replace("http://", "http://admin:s3cret-pw@")  # an Ollama behind basic auth
+    with gateway(env.logs, tmp_path / "data", with_secret) as gw:
+        reply = httpx.post(f"{gw}/v1/chat/completions", json={"model": "a", "messages": MSG})
+        assert reply.status_code == 200  # it serves, with its credentials
+        for route in ("/health", "/ollama/status"):
+            text = httpx.get(f"{gw}{route}").text
+            assert "s3cret-pw" not in text and "admin:" not in text, route
+        redacted = env.upstream.replace("http://", "http://***@")
+        assert httpx.get(f"{gw}/ollama/status").json()["ollama"]["url"] == redacted
+        assert httpx.get(f"{gw}/health").json()["engine"]["url"] == redacted
+
+
+def test_the_node_list_is_the_owners_and_open_routes_only_count_nodes(env):
+    from tests.relay_support import RawNode, pair
+
+    cred = pair(env.gw, "private-gpu")
+    with RawNode(env.gw, cred["node_token"], name="private-gpu", models=("secret-model:latest",)):
+        assert httpx.get(f"{env.gw}/device/nodes").status_code == 401
+        assert httpx.get(f"{env.gw}/device/nodes", headers=via("203.0.113.60", Authorization="Bearer x")
+                         ).status_code == 401
+        listed = httpx.get(f"{env.gw}/device/nodes", headers=AUTH).json()["nodes"]
+        assert [(n["name"], n["connected"]) for n in listed] == [("private-gpu", True)]
+        relay = httpx.get(f"{env.gw}/ollama/status").json()["relay"]
+        assert relay["nodes_connected"] == 1 and "nodes" not in relay
+        health = httpx.get(f"{env.gw}/health").json()
+        assert health["relay"]["nodes_connected"] == 1
+        assert cred["node_id"] not in json.dumps(health) + json.dumps(relay)
+
+
+def test_the_node_tarball_holds_exactly_the_agents_files(env, tmp_path):
+    """A gateway run from a copy of the package with stray files in it (a token, a database, notes, a
+    scratch module): the tarball has none of them, only tracked agent modules, and the agent runs from it."""
+    app = tmp_path / "app"
+    shutil.copytree(ROOT / "ollabridge", app / "ollabridge", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "app.py", app / "app.py")
+    strays = {"ollabridge/admin_token": "the-admin-token\n", "ollabridge/data/ollabridge.db": "SQLite format 3",
+              "ollabridge/.env": "OLLABRIDGE_ADMIN_TOKEN=x\n", "ollabridge/node/notes.txt": "my HF token: hf_x\n",
+              "ollabridge/node/scratch.py": "TOKEN = 'hf_x'\n", "ollabridge/relay/protocol.py.orig": "old\n"}
+    for name, text in strays.items():
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_text(text)
+    port = free_port()
+    with running([str(app / "app.py")], f"http://127.0.0.1:{port}/health", log=env.logs / f"gateway-{port}.log",
+                 env=gateway_env(tmp_path / "data", port, env.upstream)):
+        archive = httpx.get(f"http://127.0.0.1:{port}/node/ollabridge.tar.gz").content
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        names = set(tar.getnames())
+        tar.extractall(tmp_path / "agent", filter="data")
+    tracked = set(subprocess.run(["git", "ls-files", "ollabridge"], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout.split())
+    assert names <= tracked and not names & set(strays), names - tracked
+    assert {"ollabridge/__main__.py", "ollabridge/node/session.py", "ollabridge/relay/protocol.py"} <= names
+    assert "ollabridge/config.py" not in names and "ollabridge/pairing/store.py" not in names  # the gateway's
+    blocked = "; ".join(f"sys.modules[{m!r}] = None" for m in ("fastapi", "starlette", "pydantic", "gradio"))
+    ran = subprocess.run([sys.executable, "-c", f"import sys; {blocked}; import runpy; sys.argv = ['ollabridge', "
+                          "'node', '--help']; runpy.run_module('ollabridge', run_name='__main__')"],
+                         cwd=tmp_path / "agent", capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0 and "--cloud" in ran.stdout, ran.stderr

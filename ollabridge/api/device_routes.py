@@ -87,8 +87,11 @@ async def lookup(user_code: str, request: Request):
 
 @router.get("/nodes")
 async def nodes(request: Request):
-    """Paired nodes: name, created, last seen, connected, models, GPU."""
-    return {"nodes": _pairing(request).nodes()}
+    """Paired nodes: name, created, last seen, connected, models, GPU (needs the admin token; the open
+    `/health` and `/ollama/status` only count them)."""
+    pairing = _pairing(request)
+    pairing.check_admin(_admin(request), client(request))
+    return {"nodes": pairing.nodes()}
 
 
 @router.delete("/nodes/{node_id}")

@@ -113,10 +113,6 @@ class NodeBackend(Backend):
     async def close(self) -> None:
         self.close_soon(p.CLOSE_GOING_AWAY, "gateway shutting down")
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "node_id": self.node_id, "gpu": self.hello.gpu,
-                "vram_mb": self.hello.vram_mb}
-
     async def chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         req = self._open("chat", body)
         timeout = self.hub.first_token_timeout
