@@ -177,17 +177,24 @@ def _stream_then_stop(env, model: str, chunks: int, rid: str | None = None) -> N
             got += next(lines).startswith("data: ")
 
 
+def _stopped_on(node: RawNode, env, pool: ThreadPoolExecutor) -> str:
+    """A client streams from the raw node (model `shared`, the CPU Ollama has it too) and stops after
+    two chunks: the id of that request, whose `cancel` the node got at once."""
+    wait_model(env.gw, "shared:latest")
+    streaming = pool.submit(_stream_then_stop, env, "shared", 2)
+    rid = node.recv("req")["id"]
+    for i in range(3):
+        node.res(rid, {"message": {"role": "assistant", "content": f"tok{i} "}, "done": False})
+    streaming.result(30)
+    assert node.recv("cancel", 2)["id"] == rid
+    return rid
+
+
 def test_a_stopped_stream_holds_the_node_slot_until_the_node_confirms(env):
     with RawNode(env.gw, env.token, models=("shared:latest",)) as node, ThreadPoolExecutor(2) as pool:
-        wait_model(env.gw, "shared:latest")
         cpu_chats = fake_stats(env.cpu)["chats"]
-        streaming = pool.submit(_stream_then_stop, env, "shared", 2)
-        rid = node.recv("req")["id"]
-        for i in range(3):
-            node.res(rid, {"message": {"role": "assistant", "content": f"tok{i} "}, "done": False})
-        streaming.result(30)
+        rid = _stopped_on(node, env, pool)
         cancelled_at = time.monotonic()
-        assert node.recv("cancel", 2)["id"] == rid  # at once
         asked = pool.submit(env.oai.chat.completions.create, model="shared", messages=MSG)
         with pytest.raises(TimeoutError):  # the node has not let go: nothing new is sent to it
             node.recv("req", 0.5)
@@ -202,13 +209,8 @@ def test_a_stopped_stream_holds_the_node_slot_until_the_node_confirms(env):
 
 def test_a_node_that_never_confirms_gets_its_slot_back_after_a_short_bound(env):
     with RawNode(env.gw, env.token, models=("shared:latest",)) as node, ThreadPoolExecutor(2) as pool:
-        wait_model(env.gw, "shared:latest")
         cpu_chats = fake_stats(env.cpu)["chats"]
-        streaming = pool.submit(_stream_then_stop, env, "shared", 1)
-        rid = node.recv("req")["id"]
-        node.res(rid, {"message": {"role": "assistant", "content": "tok0 "}, "done": False})
-        streaming.result(30)
-        assert node.recv("cancel", 2)["id"] == rid
+        _stopped_on(node, env, pool)
         cancelled_at = time.monotonic()
         asked = pool.submit(env.oai.chat.completions.create, model="shared", messages=MSG)
         nxt = node.recv("req", 5)  # it never confirms
