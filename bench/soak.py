@@ -110,7 +110,8 @@ class Soak:
         os.chmod(path, 0o600)
 
     def connected(self) -> set[str]:
-        nodes = httpx.get(f"{self.gw}/ollama/status", timeout=5).json()["relay"]["nodes"]
+        nodes = httpx.get(f"{self.gw}/device/nodes", timeout=5, headers={"Authorization": f"Bearer {ADMIN}"}
+                          ).json()["nodes"]
         return {n["name"] for n in nodes if n["connected"]}
 
     # -- the clients ------------------------------------------------------------------------

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     key_rate_limit_rpm: int = Field(600, validation_alias="OLLABRIDGE_KEY_RATE_LIMIT_RPM")
     key_rate_limit_streams: int = Field(16, validation_alias="OLLABRIDGE_KEY_RATE_LIMIT_STREAMS")
     forwarded_hops: int = Field(0, validation_alias="OLLABRIDGE_FORWARDED_HOPS")
+    # Wrong admin tokens, API keys and device codes per client address (edge/guesses.py): at most
+    # guess_limit a minute (0: no limit), then 429 for guess_lockout seconds, doubled at each lock-out.
+    guess_limit: int = Field(10, validation_alias="OLLABRIDGE_GUESS_LIMIT")
+    guess_lockout: float = Field(60.0, validation_alias="OLLABRIDGE_GUESS_LOCKOUT")
     keepalive_s: float = Field(15.0, validation_alias="OLLABRIDGE_KEEPALIVE")
     request_timeout: float = Field(600.0, validation_alias="OLLABRIDGE_REQUEST_TIMEOUT")
     shutdown_timeout: float = Field(8.0, validation_alias="OLLABRIDGE_SHUTDOWN_TIMEOUT")

@@ -7,6 +7,7 @@ from ollabridge.backends.ollama import OllamaBackend
 from ollabridge.backends.pulls import ModelPuller, wait_until_serving
 from ollabridge.config import Settings
 from ollabridge.edge.drain import Drain
+from ollabridge.edge.guesses import Guesses
 from ollabridge.edge.keys import ApiKeys
 from ollabridge.edge.metrics import Metrics
 from ollabridge.edge.ratelimit import RateLimiter
@@ -33,10 +34,13 @@ class Gateway:
                                   after=lambda: wait_until_serving(settings.host, settings.port),
                                   connect_timeout=settings.connect_timeout)
         self.engine = EngineMode(settings, self.ollama, self.router, self.puller)
+        # Wrong admin tokens, API keys and device codes, per client address (one guard for all of them).
+        self.guesses = Guesses(settings.guess_limit, settings.guess_lockout,
+                               on_refuse=lambda: self.metrics.limited("ip", "guesses"))
         # GPU nodes: the device-pairing service (owner approves by code) and the relay hub.
         self.pairing = PairingService(settings.data_path, settings.admin_token, settings.public_url,
                                       interval=settings.device_interval, starts_per_minute=settings.device_rate,
-                                      max_pending=settings.device_max_pending)
+                                      max_pending=settings.device_max_pending, guesses=self.guesses)
         self.hub = RelayHub(self.router, self.pairing, heartbeat_s=settings.relay_heartbeat_s,
                             max_frame=settings.relay_max_frame, first_token_timeout=settings.first_token_timeout,
                             idle_timeout=settings.idle_timeout)

@@ -1,12 +1,31 @@
-"""What `/health`, `/ollama/status` and the web UI's Status tab show: one service for all three."""
+"""What `/health`, `/ollama/status` and the web UI's Status tab show: one service for all three.
+
+Open to anyone, so nothing secret: every URL in them has its credentials hidden (`redact`), and GPU
+nodes are counted (`relay`), not listed (the owner lists them at `/device/nodes`, with the admin token).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
 from ollabridge import __version__
+
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
+
+
+def redact(value: Any) -> Any:
+    """`value` with the credentials of every URL in it (in any string, at any depth) hidden:
+    `http://user:pass@host:11434` becomes `http://***@host:11434`."""
+    if isinstance(value, str):
+        return _USERINFO.sub(r"\1***@", value) if "@" in value else value
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    return value
 
 
 class StatusViews:
@@ -29,20 +48,22 @@ class StatusViews:
         entries = [{**backend.describe(), "healthy": check.ok, "detail": check.detail}
                    for backend, check in zip(backends, checks)]
         status = "ok" if entries and all(e["healthy"] for e in entries) else "degraded"
-        return {"status": status, "version": __version__, "uptime_s": round(time.time() - self.started_at, 1),
-                "engine": gw.engine.info(), "backends": entries, "relay": self.relay(),
-                "pulls": gw.puller.snapshot()}
+        return redact({"status": status, "version": __version__,
+                       "uptime_s": round(time.time() - self.started_at, 1), "engine": gw.engine.info(),
+                       "backends": entries, "relay": self.relay(), "pulls": gw.puller.snapshot()})
 
-    async def status(self) -> dict[str, Any]:
-        """The gateway's Ollama (reachable, version, pulled and loaded models), engine, upstreams, nodes."""
+    async def status(self, nodes: bool = True) -> dict[str, Any]:
+        """The gateway's Ollama (reachable, version, pulled and loaded models), engine, upstreams, and
+        the relay's counts; with `nodes` (the web UI, in process) each connected node's live figures."""
         gw = self.gateway
         health, version, loaded = await asyncio.gather(gw.ollama.health(), gw.ollama.ollama_version(), gw.ollama.loaded())
         models = await gw.ollama.models(gw.settings.models_ttl)
-        return {"ollama": {"reachable": health.ok, "url": gw.settings.ollama_base_url, "version": version,
-                           "detail": health.detail,
-                           "models": [m.get("name") for m in models],
-                           "loaded": [m.get("name") for m in loaded]},
-                "engine": gw.engine.info(),
-                "pulls": gw.puller.snapshot(),
-                "upstreams": [u.describe() for u in gw.upstreams],
-                "relay": {**self.relay(), "nodes": gw.hub.nodes_status()}}
+        relay = {**self.relay(), "nodes": gw.hub.nodes_status()} if nodes else self.relay()
+        return redact({"ollama": {"reachable": health.ok, "url": gw.settings.ollama_base_url, "version": version,
+                                  "detail": health.detail,
+                                  "models": [m.get("name") for m in models],
+                                  "loaded": [m.get("name") for m in loaded]},
+                       "engine": gw.engine.info(),
+                       "pulls": gw.puller.snapshot(),
+                       "upstreams": [u.describe() for u in gw.upstreams],
+                       "relay": relay})

@@ -71,7 +71,8 @@ def save_credential(path: Path, gw: str, cred: dict[str, Any]) -> None:
 
 
 def relay_nodes(gw: str) -> list[dict[str, Any]]:
-    return httpx.get(f"{gw}/ollama/status", timeout=5).json()["relay"]["nodes"]
+    """The connected nodes, as the owner lists them (`/device/nodes` needs the admin token)."""
+    return [n for n in httpx.get(f"{gw}/device/nodes", headers=AUTH, timeout=5).json()["nodes"] if n["connected"]]
 
 
 def relay_stats(gw: str) -> dict[str, Any]:
@@ -120,3 +121,68 @@ def wait_connected(gw: str, name: str, agent: Node | None = None, timeout: float
             raise RuntimeError(f"node agent exited with {agent.proc.returncode}:\n{agent.text()[-3000:]}")
         return next((n for n in relay_nodes(gw) if n["name"] == name), None)
     return wait_until(check, timeout, f"node {name} connected")
+
+
+class RawNode:
+    """A node that is only a WebSocket: the test writes every frame it sends (bad values, held slots).
+
+    A thread sends a ping every half second, so the gateway never drops it for silence while the test
+    waits; `recv` skips the gateway's pings and pongs."""
+
+    def __init__(self, gw: str, token: str, name: str = "raw", models: tuple[str, ...] = ("raw:latest",),
+                 slots: int = 1, ops: tuple[str, ...] = ("chat", "embed", "embeddings", "show")) -> None:
+        import threading
+
+        from websockets.sync.client import connect
+
+        self.skipped: list[dict[str, Any]] = []
+        self._connection = connect(gw.replace("http://", "ws://") + "/relay/connect", open_timeout=10,
+                                   max_size=None, additional_headers={"Authorization": f"Bearer {token}"})
+        self.ws = self._connection.__enter__()
+        self.send({"type": "hello", "protocol": 1, "name": name, "agent": "raw-test/1",
+                   "models": [{"name": m} for m in models], "capabilities": {"slots": slots, "ops": list(ops)}})
+        self.welcome = self.recv("welcome", 5)
+        self.closed = threading.Event()
+        self.beat = threading.Thread(target=self._beat, daemon=True)
+        self.beat.start()
+
+    def _beat(self) -> None:
+        while not self.closed.wait(0.5):
+            try:
+                self.send({"type": "ping", "t": time.time()})
+            except Exception:  # noqa: BLE001 - the socket is closing
+                return
+
+    def send(self, frame: dict[str, Any] | str) -> None:
+        self.ws.send(frame if isinstance(frame, str) else json.dumps(frame))
+
+    def recv(self, kind: str = "req", timeout: float = 10) -> dict[str, Any]:
+        """The next frame of type `kind`; TimeoutError after `timeout`. Frames of other types on the way
+        are kept in `skipped` (but for pings and pongs)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = json.loads(self.ws.recv(max(0.0, deadline - time.monotonic())))
+            if frame["type"] == kind:
+                return frame
+            if frame["type"] not in ("ping", "pong"):
+                self.skipped.append(frame)
+
+    def res(self, rid: str, data: dict[str, Any], done: bool = False) -> None:
+        self.send({"type": "res", "id": rid, "data": data, "done": done})
+
+    def close(self) -> None:
+        self.closed.set()
+        self._connection.__exit__(None, None, None)
+
+    def __enter__(self) -> "RawNode":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def wait_model(gw: str, model: str, present: bool = True, timeout: float = 10) -> None:
+    def listed() -> bool:
+        names = {m["name"] for m in httpx.get(f"{gw}/ollama/api/tags", timeout=5).json()["models"]}
+        return (model in names) == present
+    wait_until(listed, timeout, f"{model} {'listed' if present else 'gone'}")

@@ -17,8 +17,8 @@ import openai
 import pytest
 
 from tests.procs import ROOT, free_port, wait_http
-from tests.relay_support import (ADMIN, AUTH, fake_ollama, gateway, gateway_env, node, pair, save_credential,
-                                 wait_until)
+from tests.relay_support import (ADMIN, AUTH, fake_ollama, gateway, gateway_env, node, pair, relay_nodes,
+                                 save_credential, wait_until)
 
 MSG = [{"role": "user", "content": "hi"}]
 CHAT = {"model": "a", "messages": MSG}
@@ -58,8 +58,9 @@ def test_keys_from_env_and_minted_ones_guard_the_api_but_not_the_rest(out_dir, t
         with pytest.raises(ollama.ResponseError) as denied:
             ollama.Client(host=f"{gw}/ollama").list()
         assert denied.value.status_code == 401
-        for open_path in ("/health", "/device/nodes", "/ollama/status", "/metrics"):
+        for open_path in ("/health", "/ollama/status", "/metrics"):
             assert httpx.get(f"{gw}{open_path}").status_code == 200, open_path
+        assert httpx.get(f"{gw}/device/nodes").status_code == 401  # the owner's list: the admin token
 
         assert httpx.post(f"{gw}/admin/keys", json={"name": "app"}).status_code == 401
         assert httpx.post(f"{gw}/admin/keys", json={"name": "app"}, headers={"Authorization": "Bearer sk-env-1"}
@@ -359,8 +360,7 @@ def test_sigterm_tells_nodes_and_they_reconnect(out_dir, tmp_path):
                 wait_until(lambda: "is shutting down; finishing 1 request" in agent.text(), 5, "goaway seen")
                 # The gateway comes back on the same address: the node reconnects on its own.
                 proc, gw2, log = _gateway_proc(out_dir, tmp_path / "d", cpu, port=int(port))
-                wait_until(lambda: any(n["name"] == "gpu" for n in httpx.get(f"{gw2}/ollama/status").json()
-                                       ["relay"]["nodes"]), 15, "node back")
+                wait_until(lambda: any(n["name"] == "gpu" for n in relay_nodes(gw2)), 15, "node back")
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -1,10 +1,14 @@
 """The edge's pieces in process: the rate limiter's arithmetic, the key store (same database as the
-paired nodes), the `goaway` capability, client addresses behind proxies, metrics text."""
+paired nodes), the `goaway` capability, client addresses behind proxies, metrics text, the guard
+against guessed secrets."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
+from ollabridge.edge.guesses import Guesses, TooManyGuesses
 from ollabridge.edge.middleware import EdgeMiddleware
 from ollabridge.config import Settings
 from ollabridge.gateway import Gateway
@@ -89,3 +93,37 @@ def test_metrics_text_without_a_gateway():
     assert 'ollabridge_time_to_first_token_seconds_bucket{backend="gpu",le="0.05",route="/v1/chat/completions"} 1.0' in text
     assert 'ollabridge_tokens_total{backend="gpu",kind="node",type="completion"} 20.0' in text
     assert 'ollabridge_rate_limited_total{limit="rpm",scope="ip"} 1.0' in text
+
+
+def test_wrong_secrets_lock_an_address_out_for_longer_each_time():
+    guesses = Guesses(limit=3, lockout=60)
+    assert guesses.guard("a", True, now=0) is True
+    assert [guesses.guard("a", False, now=t) for t in (1, 2, 3)] == [False] * 3
+    for right in (True, False):  # locked: whatever it sends
+        with pytest.raises(TooManyGuesses) as locked:
+            guesses.guard("a", right, now=4)
+        assert locked.value.status == 429 and locked.value.headers["Retry-After"] == "59"
+    assert guesses.guard("b", True, now=4) and not guesses.guard("b", False, now=4)  # another address
+    assert guesses.guard("a", True, now=63) is True  # over
+    for t in (64, 65, 66):
+        guesses.guard("a", False, now=t)
+    with pytest.raises(TooManyGuesses) as again:
+        guesses.guard("a", True, now=66)
+    assert again.value.headers["Retry-After"] == "120"  # twice as long
+    # Wrong tries spread over more than a minute never lock; an hour after its last lock-out an
+    # address starts afresh.
+    assert [guesses.guard("c", False, now=t) for t in (0, 40, 80, 120, 160)] == [False] * 5
+    for t in (186 + 3600 + 1, 186 + 3600 + 2, 186 + 3600 + 3):
+        guesses.guard("a", False, now=t)
+    with pytest.raises(TooManyGuesses) as fresh:
+        guesses.guard("a", True, now=186 + 3600 + 3)
+    assert fresh.value.headers["Retry-After"] == "60"
+    off = Guesses(limit=0)
+    assert [off.guard("a", False) for _ in range(100)] == [False] * 100 and len(off) == 0
+
+
+def test_guessing_addresses_are_bounded():
+    guesses = Guesses(limit=3, max_addresses=100)
+    for i in range(1000):
+        guesses.guard(f"10.0.{i // 256}.{i % 256}", False, now=float(i))
+    assert len(guesses) <= 100

@@ -81,7 +81,8 @@ def test_notebook_runs_top_to_bottom(engine_url, out_dir, tmp_path, monkeypatch)
                 except ProcessLookupError:
                     pass
         health = httpx.get(f"{gateway}/health", timeout=10).json()
-        nodes = httpx.get(f"{gateway}/device/nodes", timeout=10).json()["nodes"]
+        nodes = httpx.get(f"{gateway}/device/nodes", timeout=10, headers={"Authorization": f"Bearer {ADMIN}"}
+                          ).json()["nodes"]
 
     assert len(approved) == 1
     outputs = "\n".join(out.get("text", "") or str(out.get("data", {}).get("text/plain", ""))

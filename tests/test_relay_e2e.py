@@ -56,7 +56,8 @@ def test_paired_node_serves_sse_ndjson_and_lists(env, main_node) -> None:
     saved = json.loads(main_node.creds.read_text())[env.gw]
     assert saved["node_token"].startswith("obn_")
     assert stat.S_IMODE(main_node.creds.stat().st_mode) == 0o600
-    listed = httpx.get(f"{env.gw}/device/nodes").json()["nodes"]
+    assert httpx.get(f"{env.gw}/device/nodes").status_code == 401  # the owner's list
+    listed = httpx.get(f"{env.gw}/device/nodes", headers=AUTH).json()["nodes"]
     mine = next(n for n in listed if n["name"] == "main")
     assert mine["connected"] and mine["models"] == ["gpu-m:latest"] and mine["created"] and mine["last_seen"]
 
@@ -270,7 +271,7 @@ def test_revoke_closes_the_socket_and_the_token_dies(env) -> None:
         assert time.monotonic() - started < 1.5
         assert "revoked" in agent.text()
         assert not json.loads(creds.read_text()).get(env.gw)  # its dead credential is forgotten
-    assert "revokee" not in [n["name"] for n in httpx.get(f"{env.gw}/device/nodes").json()["nodes"]]
+    assert "revokee" not in [n["name"] for n in httpx.get(f"{env.gw}/device/nodes", headers=AUTH).json()["nodes"]]
     ws_url = env.gw.replace("http://", "ws://") + "/relay/connect"
     with connect(ws_url, additional_headers={"Authorization": f"Bearer {cred['node_token']}"}) as ws:
         with pytest.raises(ConnectionClosed) as closed:

@@ -10,7 +10,6 @@ real node's concurrent streams are untouched (every one complete and exact).
 from __future__ import annotations
 
 import json
-import string
 import threading
 import time
 from contextlib import ExitStack
@@ -23,7 +22,7 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.relay_support import fake_ollama, gateway, node, pair, save_credential
+from tests.relay_support import fake_ollama, gateway, node, pair, relay_nodes, save_credential
 
 EXAMPLES = int(__import__("os").environ.get("FUZZ_EXAMPLES", "120"))
 MAX_FRAME = 65536
@@ -134,11 +133,11 @@ frames = st.one_of(
 floods = st.tuples(st.sampled_from([json.dumps({"type": "ping", "t": 1}), json.dumps({"type": "pong", "t": 1}),
                                     json.dumps({"type": "res", "id": "r1", "done": False, "data": {}})]),
                    st.integers(100, 3000)).map(lambda t: [t[0]] * t[1])
-# The gateway echoes a wrong `protocol` in its close reason; past ASCII that reason can outgrow a close
-# frame (test_close_reason_of_a_non_ascii_protocol_fits_a_close_frame), so it is drawn as ASCII here.
-ascii_protocols = st.one_of(st.just(1), st.integers(-2**70, 2**70), st.none(), st.booleans(),
-                            st.text(alphabet=string.printable, max_size=200), st.lists(st.integers(), max_size=40))
-hellos = st.fixed_dictionaries({"type": st.just("hello"), "protocol": ascii_protocols, "name": st.just("fuzz"),
+# The gateway echoes a wrong `protocol` in its close reason: any text, so the reason is cut to the bytes a
+# close frame holds.
+protocols = st.one_of(st.just(1), st.integers(-2**70, 2**70), st.none(), st.booleans(), st.text(max_size=200),
+                      st.lists(st.integers(), max_size=40))
+hellos = st.fixed_dictionaries({"type": st.just("hello"), "protocol": protocols, "name": st.just("fuzz"),
                                 "models": st.lists(models, max_size=3) | json_value,
                                 "capabilities": shaped(["slots", "ops", "gpu", "vram_mb", "goaway"],
                                                        slots=st.integers(-1, 300) | json_value) | json_value},
@@ -147,12 +146,12 @@ scripts = st.fixed_dictionaries({
     "hello": st.sampled_from(["good", "good", "good", "good", "garbage", "none", "fuzzed"]),
     "fuzzed_hello": hellos.map(json.dumps),
     # Served: the fuzz node first answers the request it got with these Ollama objects, every field
-    # fuzzed, then one with done whose counts are any numbers (test_a_non_numeric_eval_count_... pins
-    # what other values do), then sends the frames.
+    # fuzzed, then one with done whose counts are numbers of any size or any other value, then sends
+    # the frames.
     "answer": st.lists(st.tuples(chunks, st.booleans()), max_size=3),
     "final": st.tuples(chunks, st.fixed_dictionaries({
         "message": messages | json_value, "done_reason": st.sampled_from(["stop", "length"]) | json_value,
-        **{f: numbers for f in COUNTS}})).map(lambda t: {**t[0], **t[1], "done": True}),
+        **{f: numbers | json_value for f in COUNTS}})).map(lambda t: {**t[0], **t[1], "done": True}),
     "frames": st.lists(st.one_of(frames, floods), max_size=8),
     "serve": st.booleans(),  # a client asks the fuzz node for a chat; it answers with the frames, on that id
     "client": st.sampled_from(["native", "native_stream", "openai", "openai_stream"]),
@@ -281,12 +280,9 @@ def test_fuzzed_node_never_hurts_the_gateway_or_another_node(env):
     assert all(stats["fields"].values()) and stats["answers_to_a_request"] > 0 and stats["fuzzed_hellos"], stats
     assert traffic.ok >= 3
     assert "Traceback" not in env.log.read_text(errors="replace")
-    nodes = httpx.get(f"{env.gw}/ollama/status").json()["relay"]["nodes"]
-    assert any(n["name"] == "real" and n["connected"] for n in nodes)
+    assert any(n["name"] == "real" for n in relay_nodes(env.gw))
 
 
-@pytest.mark.xfail(strict=True, reason="ollabridge/relay/hub.py cuts a refused hello's close reason to 120 "
-                                       "characters, not to the 123 bytes a close frame holds: the close raises")
 def test_close_reason_of_a_non_ascii_protocol_fits_a_close_frame(env):
     hello = json.loads(HELLO) | {"protocol": "é" * 100}
     with connect(env.gw.replace("http", "ws") + "/relay/connect", open_timeout=10,
@@ -297,8 +293,6 @@ def test_close_reason_of_a_non_ascii_protocol_fits_a_close_frame(env):
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4426
 
 
-@pytest.mark.xfail(strict=True, reason="ollabridge/relay/hub.py adds int(data['eval_count']) to tokens_relayed "
-                                       "unchecked: a node's non-numeric count is a 500")
 def test_a_non_numeric_eval_count_from_a_node_is_not_a_500(env):
     with connect(env.gw.replace("http", "ws") + "/relay/connect", open_timeout=10,
                  additional_headers={"Authorization": f"Bearer {env.token}"}) as ws:

@@ -8,7 +8,7 @@ import httpx
 import openai
 
 from tests.procs import free_port
-from tests.relay_support import fake_ollama, gateway, node, pair, relay_nodes, save_credential, wait_connected
+from tests.relay_support import AUTH, fake_ollama, gateway, node, pair, relay_nodes, save_credential, wait_connected
 
 
 def test_restart_keeps_pairings_and_node_reconnects(out_dir, tmp_path) -> None:
@@ -26,13 +26,13 @@ def test_restart_keeps_pairings_and_node_reconnects(out_dir, tmp_path) -> None:
             # /device/start is rate limited per client address (3 a minute here; pair() used one).
             assert [httpx.post(f"{gw}/device/start").status_code for _ in range(3)] == [200, 200, 429]
             with node(logs, gw, gpu, creds, "survivor") as agent:
-                created = httpx.get(f"{gw}/device/nodes").json()["nodes"][0]["created"]
+                created = httpx.get(f"{gw}/device/nodes", headers=AUTH).json()["nodes"][0]["created"]
                 first.close()  # the gateway stops; the agent keeps running and retries
                 assert agent.proc.poll() is None
                 with gateway(logs, data, cpu, port=port) as again:
                     assert again == gw
                     wait_connected(gw, "survivor", agent, timeout=20)  # backoff with jitter: 1s, 2s, ...
-                    listed = httpx.get(f"{gw}/device/nodes").json()["nodes"]
+                    listed = httpx.get(f"{gw}/device/nodes", headers=AUTH).json()["nodes"]
                     assert [(n["node_id"], n["created"], n["connected"]) for n in listed] == \
                         [(cred["node_id"], created, True)]
                     oai = openai.OpenAI(base_url=f"{gw}/ollama/v1", api_key="x", max_retries=0)

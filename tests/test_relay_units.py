@@ -57,6 +57,24 @@ def test_frame_validation() -> None:
         p.check_cloud_frame(p.parse('{"type": "req", "id": "r1", "op": "pull", "body": {}}', allowed=p.CLOUD_TYPES))
 
 
+def test_answers_are_checked_before_the_gateway_reads_them() -> None:
+    chunk = p.check_answer("chat", {"eval_count": 5.0, "prompt_eval_count": 2, "done": True,
+                                    "message": {"content": "x", "tool_calls": [{"function": {"name": "f"}}]}}, False)
+    assert chunk["eval_count"] == 5 and type(chunk["eval_count"]) is int and chunk["done"] is False
+    for bad in ({"eval_count": True}, {"eval_duration": float("nan")}, {"eval_count": 2**64}, {"message": []},
+                {"message": {"images": [1]}}, {"message": {"tool_calls": [{"function": {"arguments": 1}}]}},
+                {"created_at": 3}, {"done": "yes"}, {"context": ["a"]}):
+        with pytest.raises(p.BadAnswer):
+            p.check_answer("chat", bad, True)
+    with pytest.raises(p.BadAnswer):
+        p.check_answer("embeddings", {"embedding": [float("inf")]}, True)
+    with pytest.raises(p.BadAnswer):
+        p.check_answer("show", {"details": "x"}, True)
+    assert p.check_answer("show", {"details": {}, "extra": [1]}, True) == {"details": {}, "extra": [1]}
+    assert _hello(capabilities={"slots": 1, "vram_mb": float("inf")}).vram_mb is None
+    assert p.close_reason("é" * 100).encode() == ("é" * 61).encode()
+
+
 def test_agent_urls_credentials_and_code(tmp_path) -> None:
     assert cloud_http("https://me-x.hf.space/") == "https://me-x.hf.space"
     assert cloud_http("me-x.hf.space") == "https://me-x.hf.space"

@@ -127,7 +127,7 @@ def test_api_and_ui_share_one_port(ui_url: str):
     missing = httpx.get(ui_url + "/ollama/v1/no-such-route")
     assert missing.status_code == 404 and missing.json()["error"]["message"] == "Not Found"
     assert httpx.post(ui_url + "/ollama/v1/models").status_code == 405
-    assert httpx.get(ui_url + "/device/nodes").json() == {"nodes": []}
+    assert httpx.get(ui_url + "/device/nodes", headers={"Authorization": f"Bearer {ADMIN}"}).json() == {"nodes": []}
 
 
 def test_chat_streams_from_inbox_engine_and_switches_model(browser, ui_url: str, upstream: str, shots: Path):
@@ -293,7 +293,7 @@ def test_pair_a_node_see_it_in_status_then_revoke(browser, ui_url: str, node_oll
         wait_until(lambda: "Revoked" in page.inner_text("#pair-revoke-result"), 10, 0.1, "revocation")
         open_tab(page, "Status")
         wait_until(lambda: NODE_NAME not in _nodes_table(page, "status-nodes"), 20, 0.25, "the node to leave")
-        nodes = httpx.get(ui_url + "/device/nodes").json()["nodes"]
+        nodes = httpx.get(ui_url + "/device/nodes", headers={"Authorization": f"Bearer {ADMIN}"}).json()["nodes"]
         assert nodes == []
         health = httpx.get(ui_url + "/health").json()
         assert health["relay"]["nodes_connected"] == 0

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ollabridge.edge.auth import bearer
-
+from ollabridge.edge.context import client
 from ollabridge.edge.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["Admin"])
@@ -56,11 +56,12 @@ class Revoked(BaseModel):
 
 _ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": AdminError, "description": "Invalid request"},
-    401: {"model": AdminError, "description": "Missing or wrong admin token"}}
+    401: {"model": AdminError, "description": "Missing or wrong admin token"},
+    429: {"model": AdminError, "description": "Too many wrong tokens or keys from this address (Retry-After)"}}
 
 
 def _admin(request: Request) -> None:
-    request.app.state.gateway.pairing.check_admin(bearer(request.headers.get("authorization")))
+    request.app.state.gateway.pairing.check_admin(bearer(request.headers.get("authorization")), client(request))
 
 
 @router.post("/admin/keys", response_model=MintedKey, responses=_ADMIN_ERRORS)
@@ -93,6 +94,7 @@ async def revoke_key(key_id: str, request: Request):
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                              "description": "Prometheus text exposition format"},
                        401: {"model": AdminError, "description": "OLLABRIDGE_METRICS=admin and no admin token"},
+                       429: _ADMIN_ERRORS[429],
                        404: {"model": AdminError, "description": "OLLABRIDGE_METRICS=0"}})
 async def metrics(request: Request):
     """Prometheus metrics: requests, latency and time-to-first-token histograms, tokens, in flight,

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ollabridge.edge.auth import bearer
-
+from ollabridge.edge.context import client
 from ollabridge.pairing import DeviceFlowError, PairingService
 
 router = APIRouter(prefix="/device", tags=["Device relay"])
@@ -49,8 +49,7 @@ def _admin(request: Request) -> str | None:
 async def start(request: Request, body: Optional[StartRequest] = None):
     """Begin pairing: show `user_code` to the owner, then poll `/device/token` every `interval` s."""
     body = body or StartRequest()
-    client = request.client.host if request.client else ""
-    return _pairing(request).start(name=body.name or "", client=client, base_url=_base(request),
+    return _pairing(request).start(name=body.name or "", client=client(request), base_url=_base(request),
                                    offers={"models": body.models or [], "capabilities": body.capabilities or {},
                                            "agent": body.agent})
 
@@ -60,7 +59,7 @@ async def start(request: Request, body: Optional[StartRequest] = None):
 async def token(body: TokenRequest, request: Request):
     """The device polls: 400 with an RFC 8628 error until approved, then the node token, once."""
     try:
-        return _pairing(request).poll(body.device_code, base_url=_base(request))
+        return _pairing(request).poll(body.device_code, base_url=_base(request), client=client(request))
     except DeviceFlowError as exc:
         return JSONResponse({"error": exc.error, "error_description": exc.description}, status_code=400,
                             headers={"Cache-Control": "no-store"})
@@ -69,30 +68,33 @@ async def token(body: TokenRequest, request: Request):
 @router.post("/approve")
 async def approve(body: CodeRequest, request: Request):
     """Approve a code (needs `Authorization: Bearer <admin token>`)."""
-    return _pairing(request).approve(body.user_code, _admin(request))
+    return _pairing(request).approve(body.user_code, _admin(request), client(request))
 
 
 @router.post("/deny")
 async def deny(body: CodeRequest, request: Request):
     """Deny a code (needs the admin token)."""
-    return _pairing(request).deny(body.user_code, _admin(request))
+    return _pairing(request).deny(body.user_code, _admin(request), client(request))
 
 
 @router.get("/lookup")
 async def lookup(user_code: str, request: Request):
     """What a code is for, before approving it (needs the admin token)."""
     pairing = _pairing(request)
-    pairing.check_admin(_admin(request))
+    pairing.check_admin(_admin(request), client(request))
     return pairing.lookup(user_code)
 
 
 @router.get("/nodes")
 async def nodes(request: Request):
-    """Paired nodes: name, created, last seen, connected, models, GPU."""
-    return {"nodes": _pairing(request).nodes()}
+    """Paired nodes: name, created, last seen, connected, models, GPU (needs the admin token; the open
+    `/health` and `/ollama/status` only count them)."""
+    pairing = _pairing(request)
+    pairing.check_admin(_admin(request), client(request))
+    return {"nodes": pairing.nodes()}
 
 
 @router.delete("/nodes/{node_id}")
 async def revoke(node_id: str, request: Request):
     """Revoke a node: its socket closes now (4403) and its token never works again."""
-    return _pairing(request).revoke(node_id, _admin(request))
+    return _pairing(request).revoke(node_id, _admin(request), client(request))

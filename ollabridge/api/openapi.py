@@ -25,7 +25,8 @@ EDGE = {401: "Missing or wrong API key (when keys are configured)",
         503: "No backend is up, all are busy past the queue, or the gateway is shutting down (see Retry-After)",
         504: "A backend or the whole request took longer than its timeout"}
 DEVICE = {400: "Invalid request", 401: "Missing or wrong admin token", 404: "Unknown code or node",
-          409: "Code already decided", 410: "Code expired", 429: "Too many pairing requests (see Retry-After)"}
+          409: "Code already decided", 410: "Code expired",
+          429: "Too many pairing requests or wrong tries from this address (see Retry-After)"}
 
 
 def _error(path: str, description: str) -> dict[str, Any]:

@@ -143,8 +143,12 @@ class SSEResponse(StreamingResponse):
                 return
             if self.ctx is not None:
                 self.ctx.first_at = loop.time()
-            async for piece in sse_stream(first, self.stream, self.encoder):
-                await self._out(piece)
+            pieces = sse_stream(first, self.stream, self.encoder)
+            try:
+                async for piece in pieces:
+                    await self._out(piece)
+            finally:
+                await pieces.aclose()  # a client gone mid-send: the backend's stream closes now, not at GC
             await self._out(b"", more=False)
         finally:
             self._closed = True

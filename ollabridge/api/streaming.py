@@ -6,14 +6,20 @@ status) and end a failed stream with an error event the client can read, never a
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, TypeVar
+
+import anyio
+from starlette.responses import StreamingResponse
 
 from ollabridge.api.errors import ndjson_error_line
+from ollabridge.asgi import until_disconnect
 from ollabridge.errors import GatewayError
 from ollabridge.jsonwire import dumps
 
 log = logging.getLogger("ollabridge")
+T = TypeVar("T")
 
 DONE = b"data: [DONE]\n\n"
 
@@ -89,17 +95,51 @@ async def ndjson_stream(first: dict[str, Any], rest: AsyncIterator[dict[str, Any
         await rest.aclose()
 
 
+class NDJSONResponse(StreamingResponse):
+    """`ndjson_stream(first, rest)` as a response whose stream is closed when the response ends, however
+    it ends: a client that goes away stops the backend now (a node gets its cancel), not when the
+    garbage collector finalizes the generator."""
+
+    def __init__(self, first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]) -> None:
+        super().__init__(ndjson_stream(first, rest), media_type="application/x-ndjson")
+
+    async def stream_response(self, send: Any) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            with anyio.CancelScope(shield=True):  # starlette cancels this scope on a disconnect
+                await self.body_iterator.aclose()
+
+
 async def collect(stream: AsyncIterator[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every chunk of a non-streamed answer (errors before the first still become an HTTP status)."""
     first = await start(stream)
     chunks = [first]
-    if not first.get("done"):
-        try:
+    try:
+        if not first.get("done"):
             async for chunk in stream:
                 chunks.append(chunk)
-        finally:
-            await stream.aclose()
+    finally:
+        await stream.aclose()  # also after a first chunk that is the last: the backend's slot frees now
     return chunks
+
+
+async def unless_gone(work: Awaitable[T], receive: Any) -> T:
+    """`work` (a non-streamed answer, whose connection nothing else watches meanwhile), stopped at once
+    when the client disconnects: its stream closes, so the backend stops too (a node gets its cancel).
+    Raises a 499 GatewayError then ("client closed the request", the log line's status)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(until_disconnect(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():  # the client left, or this request was cancelled (a timeout, shutdown)
+            task.cancel()
+            await asyncio.wait((task,))  # it closes its stream
+    if task.cancelled():
+        raise GatewayError("The client closed the request.", status=499, code="client_closed")
+    return task.result()
 
 
 async def start(stream: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:

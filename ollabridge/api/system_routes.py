@@ -22,5 +22,6 @@ async def health(request: Request):
 
 @router.get("/ollama/status")
 async def status(request: Request):
-    """Ollama reachable or not, its version, pulled and loaded models, the active engine, nodes."""
-    return await request.app.state.gateway.views.status()
+    """Ollama reachable or not, its version, pulled and loaded models, the active engine, GPU nodes
+    counted (the owner lists them at `/device/nodes`)."""
+    return await request.app.state.gateway.views.status(nodes=False)

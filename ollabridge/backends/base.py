@@ -39,6 +39,9 @@ class Backend(abc.ABC):
     kind: str = "ollama"
     #: Lower serves first when several backends have a model (GPU nodes before the CPU).
     priority: int = 10
+    #: Slots of stopped requests the backend has not let go of yet (relay nodes, until they confirm the
+    #: cancel): busy, but free in a moment.
+    releasing: int = 0
 
     def __init__(self, name: str, slots: int | None = None) -> None:
         self.name = name
@@ -85,7 +88,7 @@ class Backend(abc.ABC):
     @property
     def available(self) -> bool:
         """Whether a new request may be sent now (relay nodes say no when full or gone)."""
-        return self.slots is None or self.stats.in_flight < self.slots
+        return self.slots is None or self.stats.in_flight + self.releasing < self.slots
 
     def cached_models(self) -> list[dict[str, Any]]:
         return self._models

@@ -57,6 +57,25 @@ class RequestContext:
                                        "(OLLABRIDGE_REQUEST_TIMEOUT) before its answer began.")
 
 
+def client_address(peer: str, forwarded: str | None, hops: int) -> str:
+    """The caller's address: the peer's, or with `hops` trusted proxies (OLLABRIDGE_FORWARDED_HOPS) the
+    hops-th X-Forwarded-For entry from the right (each trusted proxy appends the address it got the
+    request from; what the caller wrote itself is further left)."""
+    if hops > 0 and forwarded:
+        parts = [p.strip() for p in forwarded.split(",") if p.strip()]
+        if parts:
+            return parts[-hops] if len(parts) >= hops else parts[0]
+    return peer
+
+
+def client(request: Any) -> str:
+    """The address of the caller of a request that came through the edge (its context's), else its peer."""
+    ctx = request.scope.get("ollabridge")
+    if ctx is not None:
+        return ctx.client
+    return request.client.host if request.client else ""
+
+
 def context(request: Any) -> RequestContext | None:
     """The request's context, or None (a request that did not come through the edge)."""
     return request.scope.get("ollabridge")

@@ -25,7 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ollabridge.api.errors import ndjson_error_line, render
 from ollabridge.edge import access_log
 from ollabridge.edge.auth import api_key
-from ollabridge.edge.context import RequestContext
+from ollabridge.edge.context import RequestContext, client_address
+from ollabridge.edge.guesses import TooManyGuesses
 from ollabridge.errors import GatewayError
 
 API_PREFIXES = ("/v1/", "/ollama/v1/", "/ollama/api/")
@@ -64,12 +65,8 @@ class EdgeMiddleware:
     def client_address(self, scope: Scope, forwarded: str | None) -> str:
         """The peer's address, or with OLLABRIDGE_FORWARDED_HOPS=N the N-th X-Forwarded-For entry
         from the right (each trusted proxy appends the address it got the request from)."""
-        if self.hops and forwarded:
-            parts = [p.strip() for p in forwarded.split(",") if p.strip()]
-            if parts:
-                return parts[-self.hops] if len(parts) >= self.hops else parts[0]
         client = scope.get("client")
-        return client[0] if client else ""
+        return client_address(client[0] if client else "", forwarded, self.hops)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -120,9 +117,16 @@ class EdgeMiddleware:
             secret = api_key(auth, x_api_key)
             if keys.enabled:
                 key = keys.check(secret) if secret else None
+                if secret:
+                    try:  # wrong keys count against the address (edge/guesses.py), with the admin token's
+                        gw.guesses.guard(ctx.client, key is not None)
+                    except TooManyGuesses as exc:
+                        await refuse(exc.status, exc.message, exc.headers, code=exc.code)
+                        self._finish(ctx, scope)
+                        return
                 if key is None:
                     gw.metrics.auth_failures += 1
-                    # Wrong keys spend the address's budget: guessing is rate limited too.
+                    # Requests without a valid key spend the address's budget too.
                     retry = gw.limiter.take("ip:" + ctx.client, self.rpm)
                     if retry:
                         gw.metrics.limited("ip", "rpm")

@@ -33,7 +33,7 @@ async def pair(cloud: str, name: str, offer: dict[str, Any]) -> dict[str, Any]:
             try:
                 started = await client.post("/device/start", json=offer)
                 if started.status_code == 429:
-                    wait = float(started.headers.get("Retry-After") or 30)
+                    wait = _retry_after(started, 30)
                     say(f"{cloud} asks to wait {wait:g}s before pairing again.")
                     await asyncio.sleep(wait)
                     continue
@@ -50,6 +50,13 @@ async def pair(cloud: str, name: str, offer: dict[str, Any]) -> dict[str, Any]:
             if cred is not None:
                 return {**cred, "name": name, "cloud": cloud, "saved_at": time.time()}
             say("The code expired before it was approved; here is a new one.")
+
+
+def _retry_after(answer: httpx.Response, default: float) -> float:
+    try:
+        return max(1.0, float(answer.headers.get("Retry-After") or default))
+    except ValueError:
+        return default
 
 
 def show_code(cloud: str, name: str, flow: dict[str, Any]) -> None:
@@ -76,6 +83,9 @@ async def _wait_approval(client: httpx.AsyncClient, cloud: str, flow: dict[str, 
             continue
         if answer.status_code == 200 and data.get("node_token"):
             return data
+        if answer.status_code == 429:  # too many wrong tries from this address: wait as told, keep the code
+            await asyncio.sleep(_retry_after(answer, interval))
+            continue
         error = data.get("error")
         if error == "authorization_pending":
             continue

@@ -3,8 +3,11 @@
 `Requests` starts each request in its own task (refusing past the node's slots with a 503),
 streams chat over `ollabridge.backends.http1` and answers the one-shot ops (embed, embeddings,
 show) in one `res`, spends the gateway's flow-control credit (`_Credit`) per `res` frame, keeps
-every frame under the relay's size limit, and stops a request on `cancel`. Frames go out through
-the connection's queue as encoded text.
+every frame under the relay's size limit, and stops a request on `cancel`. A request holds its slot
+until its last `res` is queued, sent only once the node has let go of it (its Ollama request closed); a
+cancelled one confirms with a last `res` (done, error status 499, as Ollama answers a cancelled
+request), so the gateway knows the slot is free. Frames go out through the connection's queue as
+encoded text.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ log = logging.getLogger("ollabridge.node")
 OLLAMA_PATHS = {"embed": ("POST", "/api/embed"), "embeddings": ("POST", "/api/embeddings"),
                 "show": ("POST", "/api/show"), "ps": ("GET", "/api/ps")}
 _FOREVER = 86400.0  # the local Ollama may think as long as it likes; the gateway has the timeouts
+
+
+class _Ended(Exception):
+    """The request's last `res` (an error) is sent: stop serving it."""
 
 
 class _Credit:
@@ -58,6 +65,7 @@ class Requests:
         self.window = window
         self.max_frame = max_frame
         self.active: dict[str, tuple[asyncio.Task, _Credit]] = {}
+        self._stopped: set[str] = set()  # cancelled by the gateway, not confirmed yet
 
     def __len__(self) -> int:
         return len(self.active)
@@ -73,10 +81,12 @@ class Requests:
         credit = _Credit(self.window)
         task = asyncio.create_task(self._serve(rid, frame["op"], frame["body"], credit))
         self.active[rid] = (task, credit)
+        task.add_done_callback(lambda _task, rid=rid: self._ended(rid))
 
     def cancel(self, rid: str) -> None:
         active = self.active.get(rid)
         if active:
+            self._stopped.add(rid)
             active[0].cancel()
 
     def credit(self, rid: str, n: int) -> None:
@@ -105,13 +115,24 @@ class Requests:
                     self._res(rid, response.json(), True)
         except asyncio.CancelledError:
             log.info("request %s cancelled by the gateway", rid)
+        except _Ended:
+            pass
         except http1.READ_ERRORS as exc:
             self._error(rid, 502, f"the node's Ollama at {self.ollama.url} failed: {exc!r}")
         except Exception as exc:  # noqa: BLE001 - one request never takes the agent down
             log.exception("request %s failed", rid)
             self._error(rid, 500, f"node error: {type(exc).__name__}: {exc}")
-        finally:
-            self.active.pop(rid, None)
+
+    def _ended(self, rid: str) -> None:
+        """A request's task is over (its Ollama request closed). One that sent no last `res` (it was
+        cancelled, perhaps before it began) frees its slot now, and confirms a cancel of the gateway's."""
+        stopped = rid in self._stopped
+        self._stopped.discard(rid)
+        if rid in self.active:
+            if stopped:
+                self._error(rid, 499, "cancelled")
+            else:
+                self.active.pop(rid, None)
 
     async def _stream(self, rid: str, op: str, body: dict[str, Any], credit: _Credit) -> None:
         """`/api/chat` or `/api/generate` from the local Ollama, one `res` frame per line."""
@@ -125,10 +146,11 @@ class Requests:
             async for line in http1.Lines(reply, _FOREVER, _FOREVER):
                 data = json.loads(line)
                 done = bool(data.get("done")) or "error" in data
+                if done:
+                    await http1.drain(reply)  # let go of Ollama's answer before the last `res` frees the slot
                 await credit.take()
                 self._res(rid, data, done)
                 if done:
-                    await http1.drain(reply)
                     return
         finally:
             await http1.close(reply)
@@ -138,10 +160,13 @@ class Requests:
         text = p.encode({"type": "res", "id": rid, "data": data, "done": done})
         if len(text.encode()) > self.max_frame:
             self._error(rid, 413, f"response larger than the relay's frame limit ({self.max_frame} bytes)")
-        else:
-            self.out.put_nowait(text)
+            raise _Ended
+        if done:
+            self.active.pop(rid, None)  # the last `res`: the slot is free for the request it lets in
+        self.out.put_nowait(text)
 
     def _error(self, rid: str, status: int, message: str) -> None:
+        self.active.pop(rid, None)
         self._send({"type": "res", "id": rid, "done": True, "error": {"status": status, "message": message}})
 
     def _send(self, frame: dict[str, Any]) -> None:

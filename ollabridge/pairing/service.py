@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ollabridge.edge.guesses import Guesses
 from ollabridge.errors import GatewayError
 from ollabridge.pairing.store import NodeStore
 from ollabridge.store.sqlite import OpensStore, iso
@@ -126,7 +127,7 @@ def _short_offers(offers: dict[str, Any]) -> dict[str, Any]:
 class PairingService(OpensStore[NodeStore]):
     def __init__(self, data_dir: str | Path, admin_token: str = "", public_url: str = "", *,
                  expires_in: int = 600, interval: float = 5, max_pending: int = 50,
-                 starts_per_minute: int = 10) -> None:
+                 starts_per_minute: int = 10, guesses: Guesses | None = None) -> None:
         self.data_dir = Path(data_dir)
         # On a Hugging Face Space, SPACE_HOST names the public host (the proxy hides the scheme).
         space = os.environ.get("SPACE_HOST", "").split(",")[0].strip()
@@ -135,6 +136,8 @@ class PairingService(OpensStore[NodeStore]):
         self.interval = interval
         self.max_pending = max_pending
         self.starts_per_minute = starts_per_minute
+        #: Wrong admin tokens and device codes per client address (shared with the API keys' check).
+        self.guesses = guesses if guesses is not None else Guesses()
         self._env_admin = admin_token
         self._admin: str | None = None
         self.admin_source = "env" if admin_token else "file"
@@ -193,12 +196,13 @@ class PairingService(OpensStore[NodeStore]):
         return bool(token) and bool(self._admin) and hmac.compare_digest(str(token).encode(),
                                                                           self._admin.encode())
 
-    def check_admin(self, token: str | None) -> None:
-        """Raise AdminRequired unless `token` is the owner's admin token."""
+    def check_admin(self, token: str | None, client: str = "") -> None:
+        """Raise AdminRequired unless `token` is the owner's admin token; a wrong one counts against the
+        caller's address `client` (TooManyGuesses, 429, past the limit: edge/guesses.py)."""
         if not token:
             raise AdminRequired("The admin token is required to do this (OLLABRIDGE_ADMIN_TOKEN, or the "
                                 "token printed in the gateway's log at first boot).")
-        if not self.is_admin(token):
+        if not self.guesses.guard(client, self.is_admin(token)):
             raise AdminRequired("That admin token is wrong.")
 
     # -- the device's side ---------------------------------------------------------------------
@@ -230,13 +234,14 @@ class PairingService(OpensStore[NodeStore]):
                 "verification_uri_complete": f"{base}/?user_code={shown}",
                 "expires_in": self.expires_in, "interval": self.interval}
 
-    def poll(self, device_code: str, base_url: str = "") -> dict[str, Any]:
+    def poll(self, device_code: str, base_url: str = "", client: str = "") -> dict[str, Any]:
         """The device asks whether it was approved: returns `{node_id, node_token, relay_url}` once,
-        else raises DeviceFlowError with the RFC error code."""
+        else raises DeviceFlowError with the RFC error code. An unknown code counts against the caller's
+        address `client` as a wrong guess (TooManyGuesses past the limit)."""
         now = time.time()
         with self._lock:
             pending = self._pending.get(str(device_code or ""))
-            if pending is None:
+            if not self.guesses.guard(client, pending is not None):
                 raise DeviceFlowError("invalid_grant", "Unknown device_code; start pairing again.")
             if pending.status == "delivered":
                 raise DeviceFlowError("invalid_grant", "This device_code was already used.")
@@ -280,10 +285,10 @@ class PairingService(OpensStore[NodeStore]):
             waiting = [p for p in self._pending.values() if p.status == "pending" and p.expires_at > now]
             return [self._describe(p) for p in sorted(waiting, key=lambda p: -p.created)]
 
-    def approve(self, user_code: str, admin_token: str | None) -> dict[str, Any]:
+    def approve(self, user_code: str, admin_token: str | None, client: str = "") -> dict[str, Any]:
         """Let the device in; returns `{node_id, name, user_code}`. The device picks up its token
         on its next poll."""
-        self.check_admin(admin_token)
+        self.check_admin(admin_token, client)
         with self._lock:
             pending = self._find(user_code)
             pending.status = "approved"
@@ -294,9 +299,9 @@ class PairingService(OpensStore[NodeStore]):
             return {"node_id": pending.node_id, "name": pending.name,
                     "user_code": format_code(pending.user_code)}
 
-    def deny(self, user_code: str, admin_token: str | None) -> dict[str, Any]:
+    def deny(self, user_code: str, admin_token: str | None, client: str = "") -> dict[str, Any]:
         """Refuse the device; its next poll answers `access_denied`."""
-        self.check_admin(admin_token)
+        self.check_admin(admin_token, client)
         with self._lock:
             pending = self._find(user_code)
             pending.status = "denied"
@@ -323,9 +328,9 @@ class PairingService(OpensStore[NodeStore]):
             out.append(entry)
         return out
 
-    def revoke(self, node_id: str, admin_token: str | None) -> dict[str, Any]:
+    def revoke(self, node_id: str, admin_token: str | None, client: str = "") -> dict[str, Any]:
         """Revoke a node: its token never works again and its live socket closes (code 4403)."""
-        self.check_admin(admin_token)
+        self.check_admin(admin_token, client)
         row = self.store.get(node_id)
         if row is None or row.get("revoked"):
             raise NodeNotFound(f"No paired node has the id '{node_id}'.")

@@ -22,7 +22,7 @@ class RelayHub:
     def __init__(self, router: Any, pairing: Any, *, heartbeat_s: float = 10.0,
                  max_frame: int = p.DEFAULT_MAX_FRAME, window: int = p.DEFAULT_WINDOW,
                  first_token_timeout: float = 300.0, idle_timeout: float = 120.0,
-                 hello_timeout: float = 10.0) -> None:
+                 hello_timeout: float = 10.0, release_timeout: float = 2.0) -> None:
         self.router = router
         self.pairing = pairing
         self.heartbeat_s = heartbeat_s
@@ -31,6 +31,8 @@ class RelayHub:
         self.first_token_timeout = first_token_timeout
         self.idle_timeout = idle_timeout
         self.hello_timeout = hello_timeout
+        # Seconds a cancelled request's slot stays busy when the node never confirms the cancel.
+        self.release_timeout = release_timeout
         self.nodes: dict[str, NodeBackend] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.requests_total = 0
@@ -57,7 +59,7 @@ class RelayHub:
     # -- statistics ------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         return {"nodes_connected": len(self.nodes),
-                "requests_in_flight": sum(len(n._requests) for n in self.nodes.values()),
+                "requests_in_flight": sum(len(n._requests) + n.releasing for n in self.nodes.values()),
                 "requests_total": self.requests_total, "requests_failed": self.requests_failed,
                 "tokens_relayed": self.tokens_relayed}
 
@@ -121,7 +123,7 @@ class RelayHub:
         except Exception as exc:  # NodeAuthError; anything else is the gateway's fault (1011)
             code = getattr(exc, "close_code", 1011)
             log.info("relay connection from %s refused: %s", ws.client.host if ws.client else "?", exc)
-            await ws.close(code, getattr(exc, "reason", str(exc)))
+            await ws.close(code, p.close_reason(getattr(exc, "reason", str(exc))))
             return
         node_id = row["node_id"]
         try:
@@ -136,7 +138,7 @@ class RelayHub:
             return
         except p.ProtocolError as exc:
             log.info("node %s: %s", node_id, exc)
-            await ws.close(exc.code, str(exc)[:120])
+            await ws.close(exc.code, p.close_reason(str(exc)))
             return
         old = self.nodes.get(node_id)
         if old is not None:

@@ -37,7 +37,8 @@ class _Request:
         self.items: deque[dict[str, Any]] = deque()
         self.wake = asyncio.Event()
         self.end: BackendError | None = None
-        self.finished = False
+        self.finished = False  # the consumer took its last chunk
+        self.node_done = False  # the node sent its last `res` for it (done): it has let go
         self.unacked = 0
         self.chunks = 0
 
@@ -86,6 +87,8 @@ class NodeBackend(Backend):
         self.rtt_ms: float | None = None
         self._out: asyncio.Queue[str] = asyncio.Queue()
         self._requests: dict[str, _Request] = {}
+        # Stopped requests whose slot stays busy until the node lets go (see _hold), with their deadlines.
+        self._held: dict[str, asyncio.TimerHandle] = {}
         self._seq = itertools.count(1)
         self._close: tuple[int, str] | None = None
         self._stop = asyncio.Event()
@@ -95,6 +98,10 @@ class NodeBackend(Backend):
     @property
     def available(self) -> bool:
         return self.connected and super().available
+
+    @property
+    def releasing(self) -> int:
+        return len(self._held)
 
     async def fetch_models(self) -> list[dict[str, Any]]:
         return list(self._models)
@@ -119,10 +126,6 @@ class NodeBackend(Backend):
 
     async def ollama_version(self) -> str | None:
         return self.hello.ollama_version
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "node_id": self.node_id, "gpu": self.hello.gpu,
-                "vram_mb": self.hello.vram_mb}
 
     def serves(self, op: str) -> bool:
         """Ops the node listed in its hello; `chat` (and `show`, which chat implied in early agents)
@@ -199,16 +202,33 @@ class NodeBackend(Backend):
         return frame
 
     def _failed(self, req: _Request, exc: BackendError) -> BackendError:
-        req.finished = True  # nothing to cancel: the node is done with it or gone
         self.hub.requests_failed += 1
         return exc
 
     def _finish(self, req: _Request) -> None:
         self._requests.pop(req.id, None)
-        if not req.finished and self.connected:
-            # The consumer went away (client disconnected, stream closed): stop the generation.
+        if not (req.finished or req.node_done) and self.connected:
+            # The consumer went away (the client stopped or disconnected, a timeout, a bad answer) while
+            # the node still works on it: stop the generation now, and keep the slot until it has.
             self.send({"type": "cancel", "id": req.id})
             self.hub.requests_cancelled += 1
+            self._hold(req.id)
+
+    def _hold(self, rid: str) -> None:
+        """Count a cancelled request's slot as busy until the node lets go of it: its last `res` for
+        that id (an agent confirms a cancel with one: done, error status 499), or, for agents that
+        never confirm, `hub.release_timeout` seconds."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on the loop (a stream finalized at exit): nothing to wait for
+            return
+        self._held[rid] = loop.call_later(self.hub.release_timeout, self._let_go, rid)
+
+    def _let_go(self, rid: str) -> None:
+        handle = self._held.pop(rid, None)
+        if handle is not None:
+            handle.cancel()
+            self.hub.router.notify()  # a request may wait for this slot
 
     def send(self, frame: dict[str, Any]) -> None:
         if self.connected:
@@ -246,10 +266,13 @@ class NodeBackend(Backend):
             for req in list(self._requests.values()):
                 req.fail(BackendError(f"GPU node '{self.name}' was lost ({why})", status=502,
                                       retryable=True, backend=self.name))
+            for handle in self._held.values():
+                handle.cancel()
+            self._held.clear()
             if self._close is not None and self.ws.client_state == WebSocketState.CONNECTED:
                 code, reason = self._close
                 try:
-                    await asyncio.wait_for(self.ws.close(code, reason.encode()[:120].decode(errors="ignore")), 2)
+                    await asyncio.wait_for(self.ws.close(code, p.close_reason(reason)), 2)
                 except Exception:  # noqa: BLE001 - the peer may already be gone
                     pass
             self.closed.set()
@@ -266,11 +289,7 @@ class NodeBackend(Backend):
             frame = p.check_node_frame(p.parse(raw, self.hub.max_frame))
             kind = frame["type"]
             if kind == "res":
-                req = self._requests.get(frame["id"])
-                if req is not None and not req.feed(frame):
-                    req.fail(BackendError(f"GPU node '{self.name}' overran its flow-control window",
-                                          backend=self.name))
-                    self.send({"type": "cancel", "id": req.id})
+                self._deliver(frame)
             elif kind == "ping":
                 self.send({"type": "pong", "t": frame.get("t")})
             elif kind == "pong":
@@ -280,6 +299,33 @@ class NodeBackend(Backend):
                 self._models = frame["models"]
                 self._models_at = time.monotonic()
                 self.hub.models_changed(self)
+
+    def _deliver(self, frame: dict[str, Any]) -> None:
+        """A `res` to the request it answers, its data checked first (relay/protocol.py): a value the
+        gateway cannot use fails that request (502, or an error event once streaming), is logged, and
+        the node is told to stop; the socket and the node's other requests go on. A last `res` for a
+        request the gateway stopped frees its slot."""
+        req = self._requests.get(frame["id"])
+        if req is None:
+            if frame["done"]:
+                self._let_go(frame["id"])  # the node's last word on a request it was told to stop
+            return
+        if frame["done"]:
+            req.node_done = True
+        if req.end is not None:
+            return
+        if "data" in frame:
+            try:
+                frame = {**frame, "data": p.check_answer(req.op, frame["data"], frame["done"])}
+            except p.BadAnswer as exc:
+                log.warning("node %s (%s) sent a bad answer to %s (%s): %s; failing that request",
+                            self.node_id, self.name, req.id, req.op, exc)
+                req.fail(BackendError(f"GPU node '{self.name}' sent a bad answer: {exc}", status=502,
+                                      retryable=True, backend=self.name))
+                return  # its consumer stops on the error, and _finish tells the node
+        if not req.feed(frame):
+            req.fail(BackendError(f"GPU node '{self.name}' overran its flow-control window",
+                                  backend=self.name))
 
     async def _writer(self) -> None:
         while True:
@@ -307,6 +353,6 @@ class NodeBackend(Backend):
         return {"node_id": self.node_id, "name": self.name, "connected": self.connected,
                 "connected_since": self.connected_at, "agent": self.hello.agent,
                 "models": [m.get("name") for m in self._models], "gpu": self.hello.gpu,
-                "vram_mb": self.hello.vram_mb, "slots": self.slots, "in_flight": len(self._requests),
+                "vram_mb": self.hello.vram_mb, "slots": self.slots, "in_flight": len(self._requests) + self.releasing,
                 "requests": self.stats.total, "failed": self.stats.failed, "tokens": self.stats.tokens,
                 "tokens_per_s": self.stats.last_tokens_per_s, "rtt_ms": self.rtt_ms}

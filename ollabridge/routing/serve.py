@@ -71,9 +71,15 @@ class Serving:
                     if served is not None:
                         served.update(backend=backend.name, kind=backend.kind)
                     thinkless = relax_think and "think" in body and (backend.name, model) in self.thinkless
-                    async for item in run(backend, _without_think(body) if thinkless else body):
-                        sent = True
-                        yield item
+                    items = run(backend, _without_think(body) if thinkless else body)
+                    try:
+                        async for item in items:
+                            sent = True
+                            yield item
+                    finally:
+                        # Closed now, not by the garbage collector: a backend abandoned mid-stream stops at
+                        # once (a node gets its cancel) while its slot is still leased.
+                        await items.aclose()
                     return
             except BackendError as exc:
                 if not sent and relax_think and "think" in body and _cannot_think(exc):
@@ -114,6 +120,11 @@ class Metered:
 
     def __aiter__(self) -> Metered:
         return self
+
+    async def aclose(self) -> None:
+        close = getattr(self.chunks, "aclose", None)
+        if close is not None:
+            await close()
 
     async def __anext__(self) -> dict[str, Any]:
         chunk = await anext(self.chunks)

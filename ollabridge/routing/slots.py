@@ -62,13 +62,18 @@ class Slots:
                 waiter.slot.set_result(backend)
 
     def _take(self, backends: list[Backend], exclude: set[int]) -> Backend | None:
-        """The best free backend among `backends`, its slot taken (in flight + 1); None when all are full."""
-        free = [b for b in backends if b.available and id(b) not in exclude and b in self.pool.backends]
-        if not free:
+        """The best free backend among `backends`, its slot taken (in flight + 1); None when all are full,
+        or when a better one is only held until it lets go of a stopped request (it is free in a moment:
+        wait for it, woken by notify, rather than fall back to a slower one)."""
+        members = [b for b in backends if id(b) not in exclude and b in self.pool.backends]
+        free = [b for b in members if b.available]
+        best = min(free, key=lambda b: (b.priority, b.stats.in_flight)) if free else None
+        soon = [b.priority for b in members
+                if b.releasing and b not in free and b.stats.in_flight < (b.slots or 0)]
+        if best is None or (soon and min(soon) < best.priority):
             return None
-        backend = min(free, key=lambda b: (b.priority, b.stats.in_flight))
-        backend.stats.in_flight += 1
-        return backend
+        best.stats.in_flight += 1
+        return best
 
     @asynccontextmanager
     async def lease(self, model: str, exclude: set[int] | None = None) -> AsyncIterator[Backend]:

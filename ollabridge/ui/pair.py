@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from ollabridge.config import Settings
+from ollabridge.edge.context import client_address
 from ollabridge.errors import GatewayError
 from ollabridge.gateway import Gateway
 
@@ -83,6 +84,17 @@ def node_choices(nodes: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(f"{n.get('name')} · {n.get('node_id')}", n.get("node_id")) for n in nodes]
 
 
+def caller(request: gr.Request | None, hops: int) -> str:
+    """The address of the browser behind a UI event, as the API's edge finds it (X-Forwarded-For per
+    OLLABRIDGE_FORWARDED_HOPS): wrong admin tokens typed here count against it like the API's."""
+    if request is None:
+        return ""
+    headers = request.headers
+    forwarded = ",".join(headers.getlist("x-forwarded-for")) if hasattr(headers, "getlist") else \
+        headers.get("x-forwarded-for")
+    return client_address(request.client.host if request.client else "", forwarded or None, hops)
+
+
 def build(blocks: gr.Blocks, gateway: Gateway, settings: Settings) -> tuple[gr.Textbox, gr.Timer]:
     pairing = gateway.pairing
     gr.Markdown("A GPU node started with `python -m ollabridge node --cloud <this URL>` shows an 8-letter code. "
@@ -120,19 +132,19 @@ def build(blocks: gr.Blocks, gateway: Gateway, settings: Settings) -> tuple[gr.T
         return (gr.Dataframe(value=node_rows(paired), headers=NODE_HEADERS),
                 gr.Dropdown(choices=choices, value=current if current in ids else None))
 
-    def run(action: str, user_code: str, admin: str):
+    def run(action: str, user_code: str, admin: str, client: str):
         user_code, admin = (user_code or "").strip(), (admin or "").strip()
         if not user_code:
             return msg("err", "Enter the code the node shows (8 letters, like BCDF-GHJK).")
         try:
             if action == "lookup":
-                pairing.check_admin(admin)
+                pairing.check_admin(admin, client)
                 return offer_card(pairing.lookup(user_code))
             if action == "approve":
-                done = pairing.approve(user_code, admin)
+                done = pairing.approve(user_code, admin, client)
                 return msg("ok", f"Approved {done['name']} ({done['node_id']}). It connects within a few "
                                  "seconds and then shows in Status and below.")
-            done = pairing.deny(user_code, admin)
+            done = pairing.deny(user_code, admin, client)
             return msg("ok", f"Denied {done['name']} (code {done['user_code']}).")
         except GatewayError as exc:
             return msg("err", exc.message)
@@ -140,11 +152,11 @@ def build(blocks: gr.Blocks, gateway: Gateway, settings: Settings) -> tuple[gr.T
             log.exception("pairing action %s failed", action)
             return msg("err", f"Something went wrong ({type(exc).__name__}); the gateway log has the details.")
 
-    def do_revoke(node_id: str | None, admin: str):
+    def do_revoke(node_id: str | None, admin: str, request: gr.Request):
         if not node_id:
             return msg("err", "Pick the node to revoke.")
         try:
-            done = pairing.revoke(node_id, (admin or "").strip())
+            done = pairing.revoke(node_id, (admin or "").strip(), caller(request, settings.forwarded_hops))
         except GatewayError as exc:
             return msg("err", exc.message)
         except Exception as exc:  # noqa: BLE001
@@ -154,10 +166,15 @@ def build(blocks: gr.Blocks, gateway: Gateway, settings: Settings) -> tuple[gr.T
                          "disconnected.")
 
     kwargs: dict[str, Any] = dict(api_visibility="private", concurrency_limit=None)
+    def handler(action: str):
+        def handle(user_code: str, admin: str, request: gr.Request):
+            return run(action, user_code, admin, caller(request, settings.forwarded_hops))
+        return handle
+
     for button, action in ((lookup, "lookup"), (approve, "approve"), (deny, "deny")):
-        button.click(lambda c, t, a=action: run(a, c, t), [code, token], result, **kwargs).then(
+        button.click(handler(action), [code, token], result, **kwargs).then(
             listing, which, [nodes, which], show_progress="hidden", **kwargs)
-    code.submit(lambda c, t: run("lookup", c, t), [code, token], result, **kwargs)
+    code.submit(handler("lookup"), [code, token], result, **kwargs)
     revoke.click(do_revoke, [which, token], revoke_msg, **kwargs).then(
         listing, which, [nodes, which], show_progress="hidden", **kwargs)
     refresh.click(listing, which, [nodes, which], **kwargs)

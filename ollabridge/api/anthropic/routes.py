@@ -13,7 +13,7 @@ from ollabridge.api.anthropic import convert
 from ollabridge.api.anthropic.protocol import CountTokensRequest, AnthropicError, Message, MessagesRequest, TokenCount
 from ollabridge.api.anthropic.sse import MessageSSE
 from ollabridge.api.sse_response import SSEResponse
-from ollabridge.api.streaming import collect
+from ollabridge.api.streaming import collect, unless_gone
 from ollabridge.edge import context as edge
 
 router = APIRouter(tags=["Anthropic"])
@@ -36,7 +36,7 @@ async def messages(body: MessagesRequest, request: Request):
     if body.stream:
         return SSEResponse(stream, MessageSSE(model), gateway.settings.keepalive_s, request.url.path,
                            edge.context(request))
-    return JSONResponse(convert.aggregate_message(await collect(stream), model))
+    return JSONResponse(convert.aggregate_message(await unless_gone(collect(stream), request.receive), model))
 
 
 @router.post("/v1/messages/count_tokens", response_model=TokenCount, responses=_ERRORS)

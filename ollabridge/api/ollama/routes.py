@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ollabridge import __version__
 from ollabridge.api.ollama import convert
 from ollabridge.api.ollama.protocol import (NativeChatRequest, NativeEmbeddingsRequest, NativeEmbedRequest,
                                             NativeError, NativeGenerateRequest, NativeShowRequest, NativeVersion)
-from ollabridge.api.streaming import ndjson_stream, start
+from ollabridge.api.streaming import NDJSONResponse, start, unless_gone
 from ollabridge.edge import context as edge
 from ollabridge.errors import BadRequest, Forbidden
 from ollabridge.gateway import Gateway
@@ -42,11 +42,11 @@ async def _native(request: Request, body, stream):
     """Answer a native stream as Ollama does: NDJSON, or with `stream: false` its one object."""
     if request.app.state.gateway.settings.log_content:
         stream = edge.with_content(request, getattr(body, "messages", None) or getattr(body, "prompt", None), stream)
-    first = await start(stream)
+    first = await unless_gone(start(stream), request.receive)
     if not body.stream:
         await stream.aclose()
         return JSONResponse(first)
-    return StreamingResponse(ndjson_stream(first, stream), media_type="application/x-ndjson")
+    return NDJSONResponse(first, stream)
 
 
 @router.post("/chat", responses=_ERRORS)

@@ -13,7 +13,7 @@ from ollabridge.api.openai.protocol import (ChatCompletion, ChatCompletionChunk,
                                             EmbeddingRequest, EmbeddingResponse, ErrorResponse, ModelList)
 from ollabridge.api.openai.responses_protocol import Response, ResponsesRequest
 from ollabridge.api.openai.responses_sse import ResponseSSE
-from ollabridge.api.streaming import collect
+from ollabridge.api.streaming import collect, unless_gone
 from ollabridge.edge import context as edge
 from ollabridge.errors import ModelNotFound
 from ollabridge.gateway import Gateway
@@ -46,7 +46,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         # The first chunk is awaited inside, with keep-alives meanwhile (OLLABRIDGE_KEEPALIVE; 0: none).
         return SSEResponse(stream, encoder, gateway.settings.keepalive_s, request.url.path,
                            edge.context(request))
-    return JSONResponse(convert.aggregate_completion(await collect(stream), model))
+    return JSONResponse(convert.aggregate_completion(await unless_gone(collect(stream), request.receive), model))
 
 
 @router.post("/v1/responses", response_model=Response, responses={
@@ -64,7 +64,7 @@ async def responses(body: ResponsesRequest, request: Request):
     if body.stream:
         return SSEResponse(stream, ResponseSSE(body, model, namespaced), gateway.settings.keepalive_s,
                            request.url.path, edge.context(request))
-    return JSONResponse(responses_convert.aggregate_response(await collect(stream), body, model, namespaced))
+    return JSONResponse(responses_convert.aggregate_response(await unless_gone(collect(stream), request.receive), body, model, namespaced))
 
 
 @router.post("/v1/completions", response_model=completions.Completion, responses={
@@ -82,7 +82,7 @@ async def text_completions(body: completions.CompletionRequest, request: Request
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return SSEResponse(stream, completions.CompletionSSE(model, include_usage), gateway.settings.keepalive_s,
                            request.url.path, edge.context(request))
-    return JSONResponse(completions.aggregate_completion(await collect(stream), model))
+    return JSONResponse(completions.aggregate_completion(await unless_gone(collect(stream), request.receive), model))
 
 
 @router.get("/v1/models", response_model=ModelList)
