@@ -64,7 +64,7 @@ def test_splice_sums_the_counts_and_drops_tool_calls_already_sent():
     assert "tool_calls" not in t.take(_chat(calls=[dict(call)]))["message"]  # the same call again: dropped
     other = {"function": {"name": "g", "arguments": {}}}
     assert t.take(_chat(calls=[call, other]))["message"]["tool_calls"] == [other]
-    final = t.take(_chat(done=True, prompt_eval_count=7, eval_count=3, eval_duration=50, total_duration=90))
+    final = t.final(_chat(done=True, prompt_eval_count=7, eval_count=3, eval_duration=50, total_duration=90))
     assert (final["prompt_eval_count"], final["eval_count"]) == (7, 2 + 3)
     assert (final["eval_duration"], final["total_duration"]) == (450, 1090)
 
@@ -84,7 +84,7 @@ def test_generate_continues_as_the_chat_its_template_renders_and_answers_as_gene
                                  {"role": "assistant", "content": "tok0 ", "thinking": "hmm "}]}
     t.next_segment(op)
     assert t.take(_chat("tok1 ")) == {"model": "m", "response": "tok1 ", "done": False}
-    final = t.take(_chat(done=True, eval_count=1, done_reason="stop"))
+    final = t.final(_chat(done=True, eval_count=1, done_reason="stop"))
     assert final["response"] == "" and final["eval_count"] == 3 and "message" not in final
 
 

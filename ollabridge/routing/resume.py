@@ -3,8 +3,8 @@ it on another backend, and how that backend's chunks join the same stream.
 
 Data in, data out; `serve.py` does the waiting, leasing and timing.
 
-- `Transcript.take(chunk)` is the chunk the caller gets for one chunk of the backend serving now,
-  and remembers what it carried (text, thinking, tool calls, tokens).
+- `Transcript.take(chunk)` (`final` for the last) is the chunk the caller gets for one chunk of the
+  backend serving now, and remembers what it carried (text, thinking, tool calls).
 - `Transcript.lost(...)` marks the serving backend lost; its tokens and durations are carried into
   the final chunk of the backend that finishes.
 - `Transcript.continuation(body)` is the request for that backend: the original body with what was
@@ -22,9 +22,9 @@ ends with its error event as before): a custom `template` or a `context` (neithe
 rendered here), and a `format` (the grammar would start over on a partial JSON).
 
 The final chunk counts the whole answer: `eval_count` sums every backend's output tokens (a lost
-backend's are the chunks it streamed with output, one token each as Ollama streams them), and
-`eval_duration` / `total_duration` add the time the lost backends streamed; `prompt_eval_count`
-is the finishing backend's (a lost backend never reports its own).
+backend's are the outputs it streamed, one token each as Ollama streams them), and `eval_duration`
+/ `total_duration` add the time the lost backends streamed until each was given up;
+`prompt_eval_count` is the finishing backend's (a lost backend never reports its own).
 """
 
 from __future__ import annotations
@@ -38,10 +38,13 @@ _CARRIED = ("eval_count", "eval_duration", "total_duration")
 
 class Transcript:
     """What one stream (`op`: "chat" or "generate") has sent its caller, across the backends that
-    served it. `segment` is the op the backend serving now was sent."""
+    served it. `segment` is the op the backend serving now was sent.
 
-    __slots__ = ("op", "segment", "content", "thinking", "tool_calls", "tokens", "started", "resumes",
-                 "carried", "_sent_calls")
+    `take` runs for every chunk: on the first backend it only keeps the text (a list append), the
+    rest is for continuations and the rare chunk with thinking or tool calls."""
+
+    __slots__ = ("op", "segment", "content", "thinking", "tool_calls", "started", "resumes", "carried",
+                 "_mark", "_sent_calls")
 
     def __init__(self, op: str) -> None:
         self.op = op
@@ -49,50 +52,85 @@ class Transcript:
         self.content: list[str] = []  # chat message.content / generate response, in order
         self.thinking: list[str] = []
         self.tool_calls: list[dict[str, Any]] = []
-        self.tokens = 0  # chunks with output from the backend serving now
         self.started = False  # whether anything reached the caller
         self.resumes = 0
         self.carried = dict.fromkeys(_CARRIED, 0)  # from backends lost mid-answer
+        self._mark = 0  # outputs kept before the backend serving now began
         self._sent_calls: list[Any] = []  # (name, arguments) of every tool call sent, to drop repeats
 
     # -- the stream ------------------------------------------------------------------------
     def take(self, chunk: dict[str, Any]) -> dict[str, Any]:
-        """The chunk the caller gets for `chunk` from the backend serving now; remembers its output."""
+        """The chunk the caller gets for `chunk` (not the last) from the backend serving now."""
+        self.started = True
+        if self.resumes:
+            return self._spliced(chunk)
+        if self.op == "chat":
+            message = chunk.get("message")
+            if message:
+                text = message.get("content")
+                if text:
+                    self.content.append(text)
+                if "thinking" in message or "tool_calls" in message:
+                    self._keep(message.get("thinking"), message.get("tool_calls"))
+        else:
+            text = chunk.get("response")
+            if text:
+                self.content.append(text)
+            if "thinking" in chunk:
+                self._keep(chunk.get("thinking"), None)
+        return chunk
+
+    def final(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        """The caller's last chunk for the last chunk of the backend serving now: after a resume,
+        with the lost backends' tokens and times added."""
+        chunk = self.take(chunk)
+        if self.resumes:
+            chunk = {**chunk, **{k: _int(chunk.get(k)) + self.carried[k] for k in _CARRIED}}
+        return chunk
+
+    def _spliced(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        """A continuation's chunk: as generate when the caller asked generate, without the tool
+        calls already sent."""
         if self.segment != self.op:
             chunk = _as_generate(chunk)
-        self.started = True
         if self.op == "generate":
             text, thinking, calls = chunk.get("response"), chunk.get("thinking"), None
         else:
             message = chunk.get("message") or {}
             text, thinking, calls = message.get("content"), message.get("thinking"), message.get("tool_calls")
-            if calls and self.resumes:
+            if calls:
                 kept = [c for c in calls if _call_key(c) not in self._sent_calls]
                 if len(kept) != len(calls):  # a continuation repeating a call already sent
-                    chunk = {**chunk, "message": {**message, "tool_calls": kept}}
+                    message = {**message, "tool_calls": kept}
                     if not kept:
-                        del chunk["message"]["tool_calls"]
+                        del message["tool_calls"]
+                    chunk = {**chunk, "message": message}
                     calls = kept
         if text:
             self.content.append(text)
+        self._keep(thinking, calls)
+        return chunk
+
+    def _keep(self, thinking: Any, calls: Any) -> None:
         if thinking:
             self.thinking.append(thinking)
         if calls:
             self.tool_calls.extend(calls)
             self._sent_calls.extend(_call_key(c) for c in calls)
-        if (text or thinking or calls) and not chunk.get("done"):
-            self.tokens += 1
-        if chunk.get("done") and self.resumes:
-            chunk = {**chunk, **{k: _int(chunk.get(k)) + self.carried[k] for k in _CARRIED}}
-        return chunk
+
+    @property
+    def tokens(self) -> int:
+        """Outputs (pieces of text, of thinking, tool calls) from the backend serving now: the tokens
+        it made, as Ollama streams one token per chunk."""
+        return len(self.content) + len(self.thinking) + len(self.tool_calls) - self._mark
 
     def lost(self, total_ns: int, eval_ns: int) -> None:
-        """The backend serving now was lost after `total_ns` (from its request) having streamed for
-        `eval_ns` (first chunk to last): carry its tokens and times into the final chunk."""
+        """The backend serving now was lost `total_ns` after its request, having streamed for
+        `eval_ns` (first chunk until it was given up): carry its tokens and times into the final chunk."""
         self.carried["eval_count"] += self.tokens
         self.carried["eval_duration"] += eval_ns
         self.carried["total_duration"] += total_ns
-        self.tokens = 0
+        self._mark += self.tokens
 
     @property
     def output_tokens(self) -> int:

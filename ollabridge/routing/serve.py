@@ -134,7 +134,7 @@ class Serving:
         if self.resume and exc.status >= 500:
             final = transcript.exhausted(body)
             if final is not None:
-                return "done", transcript.take(final)
+                return "done", final
             nxt = transcript.continuation(body)
             if nxt is not None and (transcript.resumes >= self.max_resumes or
                                     not self.pool.serving(model, failed | self._cannot(nxt[0]))):
@@ -171,13 +171,14 @@ class Metered:
     A plain iterator, not a generator: it adds no generator of its own to finalize when the caller
     abandons the stream, so the backend's stream is closed as promptly as if iterated directly."""
 
+    __slots__ = ("backend", "chunks", "served", "transcript", "pace", "started", "first", "finished")
+
     def __init__(self, backend: Backend, chunks: AsyncIterator[dict[str, Any]], served: dict[str, Any] | None,
                  transcript: Transcript, pace: Pace | None) -> None:
         self.backend, self.chunks, self.served = backend, aiter(chunks), served
         self.transcript, self.pace = transcript, pace
         self.started = time.monotonic()
         self.first: float | None = None
-        self.last = 0.0
         self.finished = False
 
     def __aiter__(self) -> Metered:
@@ -193,13 +194,12 @@ class Metered:
                 chunk = await anext(self.chunks)
             finally:
                 pace.arrived()
-        self.last = time.monotonic()
         if self.first is None:
-            self.first = self.last
+            self.first = time.monotonic()
         if chunk.get("done"):
             self.finished = True
             _count_tokens(self.backend, chunk, self.started)
-            chunk = self.transcript.take(chunk)
+            chunk = self.transcript.final(chunk)
             if self.served is not None:
                 self.served["done"] = chunk
             return chunk
@@ -211,11 +211,10 @@ class Metered:
         if self.pace is not None:
             self.pace.close()
         if not self.finished:
-            tokens = self.transcript.tokens
-            self.backend.stats.tokens += tokens
-            first = self.first or self.last
-            self.transcript.lost(int((self.last - self.started) * 1e9) if self.first else 0,
-                                 int((self.last - first) * 1e9))
+            now = time.monotonic()
+            self.backend.stats.tokens += self.transcript.tokens
+            self.transcript.lost(int((now - self.started) * 1e9) if self.first else 0,
+                                 int((now - self.first) * 1e9) if self.first else 0)
 
 
 def _count_tokens(backend: Backend, chunk: dict[str, Any], started: float) -> None:
