@@ -153,6 +153,18 @@ def test_resume_off_ends_with_the_error_event_as_before(two, tmp_path):
         control(two.first, cut_after=0)
 
 
+def test_an_upstream_silent_past_the_idle_timeout_is_resumed(two, tmp_path):
+    """An HTTP Ollama cannot be pinged: the idle timeout (here 1 s) notices it, then it resumes."""
+    control(two.first, freeze_after=3)
+    try:
+        with gateway(two.logs, tmp_path, two.first, OLLABRIDGE_UPSTREAMS=two.second, OLLABRIDGE_IDLE_TIMEOUT="1") as gw:
+            parts = list(ollama.Client(host=f"{gw}/ollama").chat(model="m", messages=ask("idle"), stream=True))
+    finally:
+        control(two.first, freeze_after=0)
+    assert "".join(p.message.content for p in parts) == EIGHT and parts[-1].eval_count == 8
+    assert continued(two.second, "idle")["messages"][-1] == {"role": "assistant", "content": "tok0 tok1 tok2 "}
+
+
 def test_counts_in_metrics_and_health(cut):
     before = httpx.get(f"{cut.gw}/health").json()["streams"]["resumed"]
     list(sdk(cut.gw).chat.completions.create(model="m", messages=ask("counted"), stream=True))
