@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(5.0, validation_alias="OLLABRIDGE_CONNECT_TIMEOUT")
     first_token_timeout: float = Field(300.0, validation_alias="OLLABRIDGE_FIRST_TOKEN_TIMEOUT")
     idle_timeout: float = Field(120.0, validation_alias="OLLABRIDGE_IDLE_TIMEOUT")
+    # A stream whose backend is lost mid-answer continues on another backend with the model
+    # (ollabridge/routing/resume.py), at most `resume_max` times per request.
+    resume: bool = Field(True, validation_alias="OLLABRIDGE_RESUME")
+    resume_max: int = Field(2, ge=0, validation_alias="OLLABRIDGE_RESUME_MAX")
+    # A GPU node's stream silent for max(stall_after, stall_factor x its longest gap so far) gets
+    # the node pinged; no frame back within stall_ping seconds: the node is lost (routing/stall.py).
+    stall_after: float = Field(1.0, ge=0, validation_alias="OLLABRIDGE_STALL_AFTER")
+    stall_factor: float = Field(8.0, ge=0, validation_alias="OLLABRIDGE_STALL_FACTOR")
+    stall_ping: float = Field(1.0, gt=0, validation_alias="OLLABRIDGE_STALL_PING")
     models_ttl: float = Field(5.0, validation_alias="OLLABRIDGE_MODELS_TTL")
     max_queue: int = Field(64, validation_alias="OLLABRIDGE_MAX_QUEUE")
     queue_timeout: float = Field(60.0, validation_alias="OLLABRIDGE_QUEUE_TIMEOUT")

@@ -15,6 +15,7 @@ from ollabridge.engine.mode import EngineMode
 from ollabridge.pairing import PairingService
 from ollabridge.relay.hub import RelayHub
 from ollabridge.routing import Router
+from ollabridge.routing.stall import StallPolicy
 from ollabridge.status import StatusViews
 
 
@@ -23,7 +24,9 @@ class Gateway:
         self.settings = settings
         self.router = Router(models_ttl=settings.models_ttl, default_model=settings.default_model,
                              max_queue=settings.max_queue, queue_timeout=settings.queue_timeout,
-                             aliases=settings.model_aliases)
+                             aliases=settings.model_aliases, resume=settings.resume,
+                             max_resumes=settings.resume_max,
+                             stall=StallPolicy(settings.stall_after, settings.stall_factor, settings.stall_ping))
         timeouts = dict(connect_timeout=settings.connect_timeout,
                         first_token_timeout=settings.first_token_timeout, idle_timeout=settings.idle_timeout)
         self.ollama = OllamaBackend("ollama", settings.ollama_base_url, **timeouts)

@@ -37,7 +37,8 @@ class StatusViews:
         return self.gateway.hub.stats()
 
     async def health(self) -> dict[str, Any]:
-        """ok or degraded, each backend with its models, the engine, the relay and the pulls."""
+        """ok or degraded, each backend with its models, the engine, the relay, the streams resumed
+        and stalls noticed, and the pulls."""
         gw = self.gateway
         backends = gw.router.backends
         checks = await asyncio.gather(*(b.health() for b in backends))
@@ -50,7 +51,8 @@ class StatusViews:
         status = "ok" if entries and all(e["healthy"] for e in entries) else "degraded"
         return redact({"status": status, "version": __version__,
                        "uptime_s": round(time.time() - self.started_at, 1), "engine": gw.engine.info(),
-                       "backends": entries, "relay": self.relay(), "pulls": gw.puller.snapshot()})
+                       "backends": entries, "relay": self.relay(), "streams": gw.router.stream_stats(),
+                       "pulls": gw.puller.snapshot()})
 
     async def status(self, nodes: bool = True) -> dict[str, Any]:
         """The gateway's Ollama (reachable, version, pulled and loaded models), engine, upstreams, and

@@ -12,11 +12,20 @@ true). `/api/generate` streams the same tokens as `response` pieces (its last ob
 `context`); `prompt: ""` with `keep_alive: 0` unloads. `think` on a model whose name has no "think"
 in it is a 400 "does not support thinking", as Ollama answers; on one that has, a thinking chunk
 comes first. `--hang` never answers a chat; `--die-after K` exits the process after K chunks of a
-stream. Test hooks:
+stream; `--cut-after K` drops the connection of every stream after its K-th chunk (the process
+lives on); `--freeze-after K` stops sending after K chunks, the connection left open.
+
+It continues answers deterministically, as Ollama continues a trailing assistant message: a chat
+whose last message is the assistant's starts at "tok{K}", K being the number of "tokN " words in
+that message's content (a generate: in its prompt), and without `num_predict` streams only the
+rest of its `chunks`; a trailing assistant message with thinking gets no thinking chunk again, one
+with tool calls nothing more (its answer was the call). So a stream resumed from a partial answer ends exactly as one
+that never failed. Test hooks:
 
 - `GET /_stats` -> `{active, max_active, started, completed, cancelled, chats, chunks}`: `cancelled`
   counts chats whose client went away before the end (what a relay `cancel` must cause).
-- `POST /_control` `{models?: [names], chunks?, delay?, hang?, die_after?}` changes the script.
+- `POST /_control` `{models?: [names], chunks?, delay?, hang?, die_after?, cut_after?, freeze_after?}`
+  changes the script.
 - `GET /_last` -> `{chat?, generate?}`: the last body of each, as it reached this "Ollama".
 - `GET /_bodies` -> `{bodies: [{op, body}]}`: every chat and generate body in order (the newest 200;
   `POST /_control {"reset_bodies": true}` empties it), for clients that make several requests.
@@ -34,11 +43,16 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import time
 from typing import Any
 
 STATE: dict[str, Any] = {"models": ["fake:latest"], "chunks": 5, "delay": 0.0, "hang": False, "die_after": 0,
-                         "tool_args": None, "call_tools": True, "tool": None, "version": "0.0.0-fake"}
+                         "tool_args": None, "call_tools": True, "tool": None, "version": "0.0.0-fake",
+                         "cut_after": 0, "freeze_after": 0}
+SCRIPT = ("models", "chunks", "delay", "hang", "die_after", "cut_after", "freeze_after", "tool_args",
+          "call_tools", "tool")
+TOK = re.compile(r"tok\d+ ")
 LAST: dict[str, Any] = {}  # the last chat and generate bodies, for tests to see what reached "Ollama"
 BODIES: list[dict[str, Any]] = []  # every chat and generate body, oldest first (the newest 200)
 SERVED: dict[str, float] = {}  # model name -> time.time() of its last chat or generate (for /api/ps)
@@ -103,14 +117,28 @@ def _thinking(model: str, op: str) -> dict[str, Any]:
 EXAMPLE_VALUES = {"string": "x", "integer": 1, "number": 1.5, "boolean": True}
 
 
+def _obj(value: Any) -> dict[str, Any]:  # fuzzers send anything
+    return value if isinstance(value, dict) else {}
+
+
+def _prefill(body: dict[str, Any], op: str) -> dict[str, Any]:
+    """The trailing assistant message an answer continues ({} when there is none); for a generate,
+    its prompt as the content."""
+    if op == "generate":
+        prompt = body.get("prompt")
+        return {"content": prompt} if isinstance(prompt, str) else {}
+    messages = body.get("messages")
+    last = _obj(messages[-1]) if isinstance(messages, list) and messages else {}
+    return last if last.get("role") == "assistant" else {}
+
+
 def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
     """The call a chat with tools gets (see the module's doc), or None."""
-    def obj(value: Any) -> dict[str, Any]:  # fuzzers send anything
-        return value if isinstance(value, dict) else {}
-
+    obj = _obj
     tools, messages = body.get("tools"), body.get("messages")
     last = obj(messages[-1]) if isinstance(messages, list) and messages else {}
-    if not tools or not isinstance(tools, list) or last.get("role") == "tool" or not STATE["call_tools"]:
+    if not tools or not isinstance(tools, list) or last.get("role") == "tool" or last.get("tool_calls") \
+            or not STATE["call_tools"]:
         return None
     fn = obj(obj(tools[0]).get("function"))
     if isinstance(STATE["tool"], str):
@@ -154,8 +182,13 @@ async def _chat(body: dict[str, Any], receive, send, op: str = "chat") -> None:
         await _json(send, 200, {"model": model, "created_at": "2026-01-01T00:00:00Z", "response": "", "done": True,
                                 "done_reason": "unload"})
         return
-    n = int((body.get("options") or {}).get("num_predict") or STATE["chunks"])
-    n = max(1, min(n, STATE.get("max_chunks") or 100000))
+    prefill = _prefill(body, op)
+    content = prefill.get("content")
+    start = len(TOK.findall(content)) if isinstance(content, str) else 0
+    asked = (body.get("options") or {}).get("num_predict")
+    n = int(asked) if asked else STATE["chunks"] - start
+    n = 0 if prefill.get("tool_calls") else max(0 if prefill else 1, min(n, STATE.get("max_chunks") or 100000))
+    thinks = thinks and not prefill.get("thinking")
     stream = body.get("stream", True)
     call = _tool_call(body) if op == "chat" else None
     STATS["chats"] += 1
@@ -173,32 +206,40 @@ async def _chat(body: dict[str, Any], receive, send, op: str = "chat") -> None:
             if call is not None:
                 await _json(send, 200, _final(model, 1, started, "", call))
                 return
-            content = "".join(f"tok{i} " for i in range(n))
+            content = "".join(f"tok{i} " for i in range(start, start + n))
             await _json(send, 200, _final(model, n, started, content, op=op))
             return
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/x-ndjson")]})
-        if thinks:
-            await send({"type": "http.response.body", "body": json.dumps(_thinking(model, op)).encode() + b"\n",
-                        "more_body": True})
-        if call is not None:
-            chunk = {**_chunk(model, 0), "message": {"role": "assistant", "content": "", "tool_calls": [call]}}
+        sent = 0
+
+        async def line(chunk: dict[str, Any]) -> None:
+            nonlocal sent
             await send({"type": "http.response.body", "body": json.dumps(chunk).encode() + b"\n", "more_body": True})
+            sent += 1
+            if STATE["die_after"] and sent >= STATE["die_after"]:
+                os._exit(1)
+            if STATE["cut_after"] and sent >= STATE["cut_after"]:
+                raise ConnectionAbortedError("scripted cut")  # uvicorn drops the connection mid-body
+            if STATE["freeze_after"] and sent >= STATE["freeze_after"]:
+                await asyncio.Event().wait()
+
+        if thinks:
+            await line(_thinking(model, op))
+        if call is not None:
+            await line({**_chunk(model, 0), "message": {"role": "assistant", "content": "", "tool_calls": [call]}})
             await send({"type": "http.response.body", "body": json.dumps(_final(model, 1, started)).encode() + b"\n",
                         "more_body": False})
             return
-        for i in range(n):
+        for i in range(start, start + n):
             if STATE["delay"]:
                 await asyncio.sleep(STATE["delay"])
             elif i % 64 == 63:
                 # A send to a client that has gone returns at once: yield, so the disconnect is seen
                 # and a cancelled 2M-chunk stream does not hold this server's loop for seconds.
                 await asyncio.sleep(0)
-            await send({"type": "http.response.body", "body": json.dumps(_chunk(model, i, op)).encode() + b"\n",
-                        "more_body": True})
+            await line(_chunk(model, i, op))
             STATS["chunks"] += 1
-            if STATE["die_after"] and i + 1 >= STATE["die_after"]:
-                os._exit(1)
         await send({"type": "http.response.body", "body": json.dumps(_final(model, n, started, op=op)).encode() + b"\n",
                     "more_body": False})
 
@@ -268,7 +309,7 @@ async def app(scope, receive, send) -> None:
     elif path == "/_stats":
         await _json(send, 200, STATS)
     elif path == "/_control" and method == "POST":
-        for key in ("models", "chunks", "delay", "hang", "die_after", "tool_args", "call_tools", "tool"):
+        for key in SCRIPT:
             if key in body:
                 STATE[key] = body[key]
         if body.get("reset_bodies"):
@@ -289,13 +330,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunks", type=int, default=5)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between chunks")
     parser.add_argument("--die-after", type=int, default=0, help="exit the process after K chunks")
+    parser.add_argument("--cut-after", type=int, default=0, help="drop each stream's connection after K chunks")
+    parser.add_argument("--freeze-after", type=int, default=0, help="stop sending each stream after K chunks")
     parser.add_argument("--hang", action="store_true", help="never answer a chat")
     parser.add_argument("--version", default="0.0.0-fake", help="what /api/version reports")
     parser.add_argument("--max-chunks", type=int, default=100000, help="cap on num_predict (fuzzers send huge ones)")
     args = parser.parse_args(argv)
     STATE.update(models=[m.strip() for m in args.models.split(",") if m.strip()], chunks=args.chunks,
                  delay=args.delay, hang=args.hang, die_after=args.die_after, max_chunks=args.max_chunks,
-                 version=args.version)
+                 version=args.version, cut_after=args.cut_after, freeze_after=args.freeze_after)
     import uvicorn
 
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="on")

@@ -136,8 +136,8 @@ async def test_failure_before_first_chunk_is_retried_elsewhere():
     assert bad.stats.failed == 1 and bad.stats.in_flight == 0
 
 
-async def test_failure_after_first_chunk_reaches_the_caller():
-    router = Router()
+async def test_failure_after_first_chunk_reaches_the_caller_when_resume_is_off():
+    router = Router(resume=False)
     router.add(Scripted("flaky", ["a"], priority=0, fail_after=True))
     router.add(Scripted("good", ["a"]))
     seen = []
@@ -145,7 +145,7 @@ async def test_failure_after_first_chunk_reaches_the_caller():
         async with asyncio.timeout(TIMEOUT):
             async for chunk in router.chat({"model": "a"}):
                 seen.append(chunk)
-    assert len(seen) == 1  # never silently re-sent from the start elsewhere
+    assert len(seen) == 1  # never silently re-sent from the start elsewhere (resuming: tests/test_resume.py)
 
 
 async def test_full_slots_wait_in_queue_then_serve():

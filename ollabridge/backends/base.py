@@ -42,6 +42,8 @@ class Backend(abc.ABC):
     #: Slots of stopped requests the backend has not let go of yet (relay nodes, until they confirm the
     #: cancel): busy, but free in a moment.
     releasing: int = 0
+    #: Whether `probe` can tell a frozen backend from a slow one (the router's stall watch uses it).
+    probes: bool = False
 
     def __init__(self, name: str, slots: int | None = None) -> None:
         self.name = name
@@ -79,6 +81,15 @@ class Backend(abc.ABC):
 
     async def close(self) -> None:
         """Release connections."""
+
+    async def probe(self, timeout: float) -> bool | None:
+        """Whether the backend shows a sign of life within about `timeout` seconds (None: it cannot
+        tell). Asked when one of its streams went silent for much longer than its pace."""
+        return None
+
+    def lost(self, reason: str) -> None:
+        """Give the backend up (it failed a probe): its streams in flight fail retryably and it takes
+        no new requests until it comes back."""
 
     # -- shared behaviour ---------------------------------------------------------------
     def serves(self, op: str) -> bool:

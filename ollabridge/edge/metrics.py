@@ -131,6 +131,17 @@ class _Collector:
                                 value=gw.router.waiting)
         yield GaugeMetricFamily("ollabridge_draining", "1 while the gateway shuts down gracefully",
                                 value=1 if gw.drain.draining else 0)
+        streams = gw.router.stream_stats()
+        resumes = CounterMetricFamily("ollabridge_stream_resumes",
+                                      "Streams lost mid-answer: resumed on another backend, or failed", labels=["result"])
+        resumes.add_metric(["resumed"], streams["resumed"])
+        resumes.add_metric(["failed"], streams["resume_failed"])
+        yield resumes
+        probes = CounterMetricFamily("ollabridge_stall_probes",
+                                     "GPU nodes pinged because a stream went silent: alive, or lost", labels=["result"])
+        probes.add_metric(["alive"], streams["stall_probes_alive"])
+        probes.add_metric(["lost"], streams["stalls_lost"])
+        yield probes
         stats = gw.hub.stats()
         yield GaugeMetricFamily("ollabridge_nodes_connected", "GPU nodes connected over the relay",
                                 value=stats["nodes_connected"])

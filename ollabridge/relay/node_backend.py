@@ -71,6 +71,7 @@ class NodeBackend(Backend):
 
     kind = "node"
     priority = 0
+    probes = True
 
     def __init__(self, hub: "RelayHub", ws: WebSocket, node_id: str, hello: p.Hello) -> None:
         super().__init__(hello.name, slots=hello.slots)
@@ -93,6 +94,7 @@ class NodeBackend(Backend):
         self._close: tuple[int, str] | None = None
         self._stop = asyncio.Event()
         self.closed = asyncio.Event()
+        self._sign_of_life: asyncio.Event | None = None  # set by the next frame while a probe waits
 
     # -- Backend -----------------------------------------------------------------------------
     @property
@@ -126,6 +128,27 @@ class NodeBackend(Backend):
 
     async def ollama_version(self) -> str | None:
         return self.hello.ollama_version
+
+    async def probe(self, timeout: float) -> bool:
+        """A `ping`, and whether any frame comes back within `timeout` s (or 3 round trips, if longer)."""
+        if not self.connected:
+            return False
+        if self._sign_of_life is None:
+            self._sign_of_life = asyncio.Event()
+            self.last_ping_at = time.monotonic()
+            self.send({"type": "ping", "t": time.time()})
+        bound = max(timeout, 3 * (self.rtt_ms or 0) / 1000)
+        try:
+            await asyncio.wait_for(self._sign_of_life.wait(), bound)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._sign_of_life = None
+
+    def lost(self, reason: str) -> None:
+        """Close the socket (4408, as for missed heartbeats): every request on it fails retryably."""
+        self.close_soon(p.CLOSE_HEARTBEAT, reason)
 
     def serves(self, op: str) -> bool:
         """Ops the node listed in its hello; `chat` (and `show`, which chat implied in early agents)
@@ -285,6 +308,8 @@ class NodeBackend(Backend):
                 self.connected = False
                 return
             self.last_rx = time.monotonic()
+            if self._sign_of_life is not None:
+                self._sign_of_life.set()
             raw = message.get("text") if message.get("text") is not None else message.get("bytes")
             frame = p.check_node_frame(p.parse(raw, self.hub.max_frame))
             kind = frame["type"]

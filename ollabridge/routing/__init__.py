@@ -8,9 +8,13 @@
   bounded wait queue with its timeout, first come first served (`notify` hands freed slots to
   the waiters in arrival order);
 - `serve`: serving: one retry loop for streaming chat and one-shot calls (another backend before
-  the first chunk reached the caller, never after), and the tokens each chat made.
+  the first chunk reached the caller; after it, a stream is resumed on another backend), and the
+  tokens each chat made;
+- `resume`: the pure part of resuming: what a stream sent, the request that continues it, the
+  splice of the continuation's chunks;
+- `stall`: noticing a frozen backend from a stream's own pace (probe, then give it up).
 
-Imports go one way: pool <- slots <- serve <- router.
+Imports go one way: pool <- slots <- serve <- router; resume and stall are leaves serve uses.
 """
 
 from ollabridge.routing.router import Router

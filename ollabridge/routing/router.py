@@ -2,7 +2,8 @@
 
 A request goes to a backend that lists its model (`pool`); among those the best free one, or a
 wait in the bounded queue when all are full (`slots`); a backend that fails before the first chunk
-reached the caller is retried on another one (`serve`). `Router` only wires them together and
+reached the caller is retried on another one, and one lost after it is resumed on another one
+(`serve`, with `resume` and `stall`). `Router` only wires them together and
 keeps the API the gateway, the relay hub, the UI and the metrics use.
 """
 
@@ -14,15 +15,18 @@ from ollabridge.backends.base import Backend
 from ollabridge.routing.pool import Pool
 from ollabridge.routing.serve import Serving
 from ollabridge.routing.slots import Slots
+from ollabridge.routing.stall import StallPolicy
 
 
 class Router:
     def __init__(self, *, models_ttl: float = 5.0, default_model: str = "", retries: int = 2,
                  max_queue: int = 64, queue_timeout: float = 60.0,
-                 aliases: list[tuple[str, str]] | None = None) -> None:
+                 aliases: list[tuple[str, str]] | None = None, resume: bool = True, max_resumes: int = 2,
+                 stall: StallPolicy | None = None) -> None:
         self.pool = Pool(models_ttl=models_ttl, default_model=default_model, aliases=aliases or ())
         self.slots = Slots(self.pool, max_queue=max_queue, queue_timeout=queue_timeout)
-        self.serving = Serving(self.pool, self.slots, retries=retries)
+        self.serving = Serving(self.pool, self.slots, retries=retries, resume=resume, max_resumes=max_resumes,
+                               stall=stall)
 
     # -- membership --------------------------------------------------------------------
     @property
@@ -77,7 +81,8 @@ class Router:
 
     def chat(self, body: dict[str, Any], served: dict[str, Any] | None = None,
              relax_think: bool = False) -> AsyncIterator[dict[str, Any]]:
-        """Stream `/api/chat` objects for `body`, retrying elsewhere before the first chunk.
+        """Stream `/api/chat` objects for `body`, retrying elsewhere before the first chunk and
+        resuming elsewhere after it.
 
         `served`, when given, is filled with the name and kind of the backend that answered.
         """
@@ -94,6 +99,12 @@ class Router:
 
     async def loaded(self) -> list[dict[str, Any]]:
         return await self.pool.loaded()
+
+    def stream_stats(self) -> dict[str, int]:
+        """Streams resumed on another backend, lost past resuming, and stall probes by outcome."""
+        serving = self.serving
+        return {"resumed": serving.resumes["resumed"], "resume_failed": serving.resumes["failed"],
+                "stall_probes_alive": serving.stall.probes["alive"], "stalls_lost": serving.stall.probes["lost"]}
 
     async def close(self) -> None:
         await self.pool.close()

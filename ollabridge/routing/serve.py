@@ -2,32 +2,48 @@
 
 Streams (chat, generate) and one-shot calls (embed, embeddings, show) go through one retry loop: a
 backend that fails retryably before anything reached the caller is left for another that serves the
-model, at most `retries` times; once a chunk was sent the failure reaches the caller, never a
-silent restart elsewhere. Backends that cannot do the op (relay nodes on an older agent) are never
-sent it. With `relax_think`, a `think` the model cannot honour ("does not support thinking") is
-dropped and the request sent again: API families whose clients always ask for thinking (Claude
+model, at most `retries` times. Backends that cannot do the op (relay nodes on an older agent) are
+never sent it. With `relax_think`, a `think` the model cannot honour ("does not support thinking")
+is dropped and the request sent again: API families whose clients always ask for thinking (Claude
 Code) still get an answer from models that do not think. A stream's last chunk adds its tokens and
 speed to the backend's stats.
+
+Once a stream's chunks reached the caller, a backend lost mid-answer (its socket gone, its error,
+a stall the pace watch noticed, the idle timeout: a BackendError with status >= 500) is **resumed**:
+the rest of the answer is asked of another backend serving the model and spliced into the same
+stream (`resume.py`: the request that continues it, the chunks that join), at most `max_resumes`
+times per stream, with `resume` on (OLLABRIDGE_RESUME). When it cannot be (off, the bound reached,
+no other backend has the model, a request that cannot be continued) the failure reaches the caller
+as before. Streams on backends that can be probed are timed by the stall watch (`stall.py`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, AsyncIterator, Callable, TypeVar
 
 from ollabridge.backends.base import Backend
 from ollabridge.errors import BackendError, NoBackend
 from ollabridge.routing.pool import Pool
+from ollabridge.routing.resume import Transcript
 from ollabridge.routing.slots import Slots
+from ollabridge.routing.stall import Pace, StallPolicy, StallWatch
 
 T = TypeVar("T")
+log = logging.getLogger("ollabridge")
 
 
 class Serving:
-    def __init__(self, pool: Pool, slots: Slots, *, retries: int = 2) -> None:
+    def __init__(self, pool: Pool, slots: Slots, *, retries: int = 2, resume: bool = True, max_resumes: int = 2,
+                 stall: StallPolicy | None = None) -> None:
         self.pool = pool
         self.slots = slots
         self.retries = retries
+        self.resume = resume
+        self.max_resumes = max_resumes
+        self.stall = StallWatch(stall or StallPolicy())
+        self.resumes = {"resumed": 0, "failed": 0}  # continuations started; streams lost past resuming
         # (backend, model) pairs that answered "does not support thinking": later requests drop the
         # hint before they are sent, not after a refused first try (bounded: cleared past 4096).
         self.thinkless: set[tuple[str, str]] = set()
@@ -35,34 +51,42 @@ class Serving:
     def stream(self, op: str, body: dict[str, Any], served: dict[str, Any] | None = None,
                relax_think: bool = False) -> AsyncIterator[dict[str, Any]]:
         """Stream the `op` objects ("chat": `/api/chat`, "generate": `/api/generate`) for `body`,
-        retrying elsewhere before the first chunk.
+        retrying elsewhere before the first chunk and resuming elsewhere after it.
 
-        `served`, when given, is filled with the name and kind of the backend that answered, and
-        with its final chunk under "done".
+        `served`, when given, is filled with the name and kind of the backend that answered (the
+        last one, after a resume; `resumed` counts the resumes), and with its final chunk under "done".
         """
-        return self._serve(op, body, served, relax_think,
-                           lambda backend, sent: Metered(backend, backend.stream(op, sent), served))
+        transcript = Transcript(op)
+
+        def run(backend: Backend, segment: str, sent: dict[str, Any]) -> Metered:
+            return Metered(backend, backend.stream(segment, sent), served, transcript, self.stall.pace(backend))
+        return self._serve(op, body, served, relax_think, run, transcript)
 
     async def call(self, op: str, body: dict[str, Any], served: dict[str, Any] | None = None
                    ) -> dict[str, Any]:
         """A one-shot native call (embed, embeddings, show) on a backend with the model."""
-        async def once(backend: Backend, sent: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-            yield await backend.call(op, sent)
+        async def once(backend: Backend, segment: str, sent: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+            yield await backend.call(segment, sent)
 
         # Drained, not abandoned after the first item: the slot is free again when this returns.
         [result] = [item async for item in self._serve(op, body, served, False, once)]
         return result
 
     async def _serve(self, op: str, body: dict[str, Any], served: dict[str, Any] | None, relax_think: bool,
-                     run: Callable[[Backend, dict[str, Any]], AsyncIterator[T]]) -> AsyncIterator[T]:
-        """The items `run(backend, body)` makes on a leased backend; on a retryable BackendError
-        before the first item, the same again on a backend not tried yet."""
+                     run: Callable[[Backend, str, dict[str, Any]], AsyncIterator[T]],
+                     transcript: Transcript | None = None) -> AsyncIterator[T]:
+        """The items `run(backend, op, body)` makes on a leased backend; on a retryable BackendError
+        before the first item, the same again on a backend not tried yet; after it (streams), the
+        continuation on a backend not lost yet."""
         model = body.get("model", "")
-        tried: set[int] = {id(b) for b in self.pool.backends if not b.serves(op)}
+        segment, sent_body = op, body
+        failed: set[int] = set()
+        tried = failed | self._cannot(op)
         if tried:
             await self._some_can(op, model, tried)
         attempts = 0
         while True:
+            backend: Backend | None = None
             sent = False
             try:
                 async with self.slots.lease(model, tried) as backend:
@@ -70,26 +94,70 @@ class Serving:
                     tried.add(id(backend))
                     if served is not None:
                         served.update(backend=backend.name, kind=backend.kind)
-                    thinkless = relax_think and "think" in body and (backend.name, model) in self.thinkless
-                    items = run(backend, _without_think(body) if thinkless else body)
+                    thinkless = relax_think and "think" in sent_body and (backend.name, model) in self.thinkless
+                    items = run(backend, segment, _without_think(sent_body) if thinkless else sent_body)
                     try:
                         async for item in items:
                             sent = True
                             yield item
                     finally:
+                        if isinstance(items, Metered):
+                            items.ended()
                         # Closed now, not by the garbage collector: a backend abandoned mid-stream stops at
                         # once (a node gets its cancel) while its slot is still leased.
                         await items.aclose()
                     return
             except BackendError as exc:
-                if not sent and relax_think and "think" in body and _cannot_think(exc):
+                if not sent and relax_think and "think" in sent_body and _cannot_think(exc) and backend is not None:
                     if len(self.thinkless) > 4096:
                         self.thinkless.clear()
                     self.thinkless.add((backend.name, model))
                     tried.discard(id(backend))  # the same backend, without the hint
+                    failed.discard(id(backend))
+                    continue
+                if backend is not None:
+                    failed.add(id(backend))
+                if transcript is not None and transcript.started:
+                    resumed = self._continue(exc, op, body, model, failed, transcript, backend)
+                    if resumed is None:
+                        raise
+                    if resumed[0] == "done":  # the answer was lost just at its length: it ends here
+                        if served is not None:
+                            served["done"] = resumed[1]
+                        yield resumed[1]  # type: ignore[misc] - a final chunk, for a stream
+                        return
+                    segment, sent_body = resumed
+                    tried = failed | self._cannot(segment)
+                    if served is not None:
+                        served["resumed"] = transcript.resumes
                     continue
                 if sent or not exc.retryable or attempts > self.retries or not self.pool.serving(model, tried):
                     raise
+
+    def _continue(self, exc: BackendError, op: str, body: dict[str, Any], model: str, failed: set[int],
+                  transcript: Transcript, backend: Backend | None) -> tuple[str, Any] | None:
+        """After a failure mid-stream: ("done", final chunk) when the answer had just reached its
+        length, (op, body) of the continuation when another backend may finish it, else None."""
+        nxt = None
+        if self.resume and exc.status >= 500:
+            final = transcript.exhausted(body)
+            if final is not None:
+                return "done", final
+            nxt = transcript.continuation(body)
+            if nxt is not None and (transcript.resumes >= self.max_resumes or
+                                    not self.pool.serving(model, failed | self._cannot(nxt[0]))):
+                nxt = None
+        if nxt is None:
+            self.resumes["failed"] += 1
+            return None
+        transcript.next_segment(nxt[0])
+        self.resumes["resumed"] += 1
+        log.info("resuming a stream of '%s' lost on %s (%s) after %d tokens, as %s",
+                 model, backend.name if backend else "?", exc.message, transcript.output_tokens, nxt[0])
+        return nxt
+
+    def _cannot(self, op: str) -> set[int]:
+        return {id(b) for b in self.pool.backends if not b.serves(op)}
 
     async def _some_can(self, op: str, model: str, cannot: set[int]) -> None:
         """NoBackend when every backend with `model` is one that cannot do `op`."""
@@ -107,16 +175,23 @@ def _cannot_think(exc: BackendError) -> bool:
 
 
 class Metered:
-    """A backend's chat stream, passed through; its last chunk counts into the backend's stats and
-    goes to `served["done"]` (token counts for the metrics and the log line).
+    """A backend's stream, passed through the stream's `Transcript` (what reached the caller; the
+    chunks of a continuation spliced in); its last chunk counts into the backend's stats and goes to
+    `served["done"]` (token counts for the metrics and the log line). `pace`, when given, times the
+    waits for the stall watch.
 
     A plain iterator, not a generator: it adds no generator of its own to finalize when the caller
     abandons the stream, so the backend's stream is closed as promptly as if iterated directly."""
 
-    def __init__(self, backend: Backend, chunks: AsyncIterator[dict[str, Any]],
-                 served: dict[str, Any] | None) -> None:
+    __slots__ = ("backend", "chunks", "served", "transcript", "pace", "started", "first", "finished")
+
+    def __init__(self, backend: Backend, chunks: AsyncIterator[dict[str, Any]], served: dict[str, Any] | None,
+                 transcript: Transcript, pace: Pace | None) -> None:
         self.backend, self.chunks, self.served = backend, aiter(chunks), served
+        self.transcript, self.pace = transcript, pace
         self.started = time.monotonic()
+        self.first: float | None = None
+        self.finished = False
 
     def __aiter__(self) -> Metered:
         return self
@@ -127,12 +202,36 @@ class Metered:
             await close()
 
     async def __anext__(self) -> dict[str, Any]:
-        chunk = await anext(self.chunks)
+        pace = self.pace
+        if pace is None:
+            chunk = await anext(self.chunks)
+        else:
+            pace.waiting()
+            try:
+                chunk = await anext(self.chunks)
+            finally:
+                pace.arrived()
+        if self.first is None:
+            self.first = time.monotonic()
         if chunk.get("done"):
+            self.finished = True
             _count_tokens(self.backend, chunk, self.started)
+            chunk = self.transcript.final(chunk)
             if self.served is not None:
                 self.served["done"] = chunk
-        return chunk
+            return chunk
+        return self.transcript.take(chunk)
+
+    def ended(self) -> None:
+        """The stream stopped (finished, failed or abandoned): stop timing it; when it did not
+        finish, carry what it streamed into the transcript (a continuation's final chunk adds it)."""
+        if self.pace is not None:
+            self.pace.close()
+        if not self.finished:
+            now = time.monotonic()
+            self.backend.stats.tokens += self.transcript.tokens
+            self.transcript.lost(int((now - self.started) * 1e9) if self.first else 0,
+                                 int((now - self.first) * 1e9) if self.first else 0)
 
 
 def _count_tokens(backend: Backend, chunk: dict[str, Any], started: float) -> None:
