@@ -1,7 +1,8 @@
 """Build the Blocks app from its tabs and mount it on the gateway's FastAPI app.
 
-Every tab calls the gateway's own services (router, health, status, pairing, hub): the UI is
-one more client of the same code the API uses, never a second path and never HTTP to itself.
+Every tab calls the gateway's own services (router, health, status, pairing, hub, keys): the UI is
+one more client of the same code the API uses, never a second path. A chat is an API request: the
+Chat tab sends it through the app itself, in-process (edge_call.py), so the edge's rules apply.
 """
 
 from __future__ import annotations
@@ -109,12 +110,12 @@ def theme() -> gr.themes.Base:
                           font=SANS, font_mono=MONO)
 
 
-def build(gateway: Gateway, settings: Settings) -> gr.Blocks:
+def build(gateway: Gateway, settings: Settings, app: FastAPI) -> gr.Blocks:
     with gr.Blocks(title="OllaBridge", analytics_enabled=False) as blocks:
         gr.HTML(HEADER, js_on_load=None)
         with gr.Tabs(elem_id="ob-tabs") as tabs:
             with gr.Tab("Chat", id="chat", elem_id="tab-chat") as chat_tab:
-                chat.build(blocks, gateway, settings)
+                chat.build(blocks, gateway, settings, app)
             with gr.Tab("Status", id="status", elem_id="tab-status") as status_tab:
                 status_timer = status.build(blocks, gateway, settings)
             with gr.Tab("Pair a device", id="pair", elem_id="tab-pair") as pair_tab:
@@ -155,7 +156,7 @@ def keep_api_404s(app: FastAPI) -> None:
 
 
 def mount(app: FastAPI, gateway: Gateway, settings: Settings) -> FastAPI:
-    blocks = build(gateway, settings)
+    blocks = build(gateway, settings, app)
     keep_api_404s(app)
     return gr.mount_gradio_app(app, blocks, path="/", footer_links=[], run_history=False, ssr_mode=False,
                                mcp_server=False, enable_monitoring=False, pwa=False, show_error=True,
