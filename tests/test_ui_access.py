@@ -19,7 +19,8 @@ import pytest
 
 from tests.conftest import gateway_env
 from tests.procs import free_port, running
-from tests.ui_helpers import CHROMIUM, DESKTOP, Watch, bot_messages, launch, set_number, wait_until
+from tests.ui_helpers import (CHROMIUM, DESKTOP, Watch, bot_messages, browser, fake_ollama,  # noqa: F401
+                              final_reply, send, set_number, wait_until)
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed "
                                 "(apt-get install chromium)")
@@ -27,13 +28,6 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM
 MODEL = "fake:latest"
 ENV_KEY = "sk-ui-access-test"
 VISITOR = "203.0.113.7"  # the address the browser claims through X-Forwarded-For (OLLABRIDGE_FORWARDED_HOPS=1)
-
-
-def fake_ollama(out_dir: Path, name: str, chunks: int = 8, delay: float = 0.01):
-    port = free_port()
-    return f"http://127.0.0.1:{port}", running(
-        ["-m", "tests.fake_ollama", "--port", str(port), "--models", MODEL, "--chunks", str(chunks),
-         "--delay", str(delay)], f"http://127.0.0.1:{port}/api/version", log=out_dir / f"{name}.log", timeout=60)
 
 
 def stats(upstream: str) -> dict:
@@ -48,8 +42,7 @@ def access_lines(log: Path, route: str = "/ollama/api/chat") -> list[dict]:
 
 @pytest.fixture(scope="module")
 def upstream(out_dir: Path):
-    url, ctx = fake_ollama(out_dir, "ui-access-ollama")
-    with ctx:
+    with fake_ollama(out_dir, "ui-access-ollama", MODEL, chunks=8, delay=0.01) as url:
         yield url
 
 
@@ -65,18 +58,6 @@ def keyed(upstream: str, out_dir: Path, tmp_path_factory: pytest.TempPathFactory
         yield f"http://127.0.0.1:{port}", log
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = launch(p)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
 def open_page(browser, url: str, forwarded_for: str | None = VISITOR):
     page = browser.new_page(viewport=DESKTOP)
     page.set_default_timeout(30_000)
@@ -87,18 +68,6 @@ def open_page(browser, url: str, forwarded_for: str | None = VISITOR):
     page.wait_for_function("() => { const i = document.querySelector('#chat-model input'); return i && i.value; }")
     set_number(page, "chat-max-tokens", 16)  # the scripted Ollama streams one chunk per token asked
     return page, watch
-
-
-def send(page, text: str) -> None:
-    page.fill("#chat-input textarea", text)
-    page.click("#chat-send")
-
-
-def final_reply(page, count: int, timeout: float = 60) -> str:
-    def done():
-        msgs = bot_messages(page)
-        return len(msgs) >= count and ("tok/s" in msgs[count - 1] or "⚠️" in msgs[count - 1]) and msgs[count - 1]
-    return wait_until(done, timeout, 0.05, f"assistant message #{count}")
 
 
 def test_page_asks_for_a_key_and_chats_under_it(browser, keyed, upstream: str):
@@ -178,15 +147,15 @@ def test_gradio_endpoints_do_not_chat_without_a_key(keyed, upstream: str):
 @pytest.fixture
 def open_gateway(out_dir: Path, tmp_path: Path):
     """An open gateway (no keys) allowing one chat in flight per address, for one test (it gets SIGTERM)."""
-    upstream_url, upstream_ctx = fake_ollama(out_dir, "ui-drain-ollama", chunks=8, delay=0.02)
     port = free_port()
     log = out_dir / "ui-drain-gateway.log"
     log.unlink(missing_ok=True)
-    env = gateway_env(tmp_path, port, OLLAMA_BASE_URL=upstream_url, OLLABRIDGE_UI="1", OLLABRIDGE_FORWARDED_HOPS="1",
-                      OLLABRIDGE_RATE_LIMIT_STREAMS="1", OLLABRIDGE_SHUTDOWN_TIMEOUT="1",
-                      OLLABRIDGE_DEFAULT_MODEL=MODEL)
-    with upstream_ctx, running(["app.py"], f"http://127.0.0.1:{port}/health", env=env, log=log) as proc:
-        yield f"http://127.0.0.1:{port}", upstream_url, proc, log
+    with fake_ollama(out_dir, "ui-drain-ollama", MODEL, chunks=8, delay=0.02) as upstream_url:
+        env = gateway_env(tmp_path, port, OLLAMA_BASE_URL=upstream_url, OLLABRIDGE_UI="1",
+                          OLLABRIDGE_FORWARDED_HOPS="1", OLLABRIDGE_RATE_LIMIT_STREAMS="1",
+                          OLLABRIDGE_SHUTDOWN_TIMEOUT="1", OLLABRIDGE_DEFAULT_MODEL=MODEL)
+        with running(["app.py"], f"http://127.0.0.1:{port}/health", env=env, log=log) as proc:
+            yield f"http://127.0.0.1:{port}", upstream_url, proc, log
 
 
 def test_page_chats_are_bounded_per_address_and_drained_on_sigterm(browser, open_gateway):
