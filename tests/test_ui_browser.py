@@ -95,6 +95,9 @@ def test_api_and_ui_share_one_port(ui_url: str):
     assert missing.status_code == 404 and missing.json()["error"]["message"] == "Not Found"
     assert httpx.post(ui_url + "/ollama/v1/models").status_code == 405
     assert httpx.get(ui_url + "/device/nodes").json() == {"nodes": []}
+    # Off a Space there is no "Sign in with Hugging Face": Gradio's local stand-in for it would sign
+    # every visitor in as this machine's own Hugging Face account (ollabridge/ui/owner.py).
+    assert httpx.get(ui_url + "/login/huggingface", follow_redirects=False).status_code == 404
 
 
 def test_chat_streams_from_inbox_engine_and_switches_model(browser, ui_url: str, upstream: str, shots: Path):
@@ -274,7 +277,8 @@ def test_every_tab_renders_without_errors_or_outside_requests(browser, ui_url: s
     page, watch, load_s = _open(browser, ui_url, viewport)
     print(f"\n{viewport_name} page load: {load_s:.2f}s")
     for label, slug, ready in (("Chat", "chat", "#chat-input"), ("Status", "status", "#status-cards"),
-                               ("Pair a device", "pair", "#pair-code"), ("API", "api", "#api-curl")):
+                               ("Pair a device", "pair", "#pair-code"), ("Keys", "keys", "#keys-name"),
+                               ("API", "api", "#api-curl")):
         if label != "Chat":
             open_tab(page, label)
         page.wait_for_selector(ready)
