@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     cors_origins_raw: str = Field("*", validation_alias="OLLABRIDGE_CORS_ORIGINS")
     data_dir: str = Field(default_factory=_default_data_dir, validation_alias="OLLABRIDGE_DATA_DIR")
     admin_token: str = Field("", validation_alias="OLLABRIDGE_ADMIN_TOKEN")
+    # Hugging Face users or organizations (comma-separated) who own the UI on a Space besides the
+    # Space's author: signed in with Hugging Face they use the Pair and Keys tabs without the admin token.
+    owners_raw: str = Field("", validation_alias="OLLABRIDGE_OWNERS")
     ui: bool = Field(True, validation_alias=AliasChoices("OLLABRIDGE_UI"))
     public_url: str = Field("", validation_alias="OLLABRIDGE_PUBLIC_URL")
     # Backend timeouts (seconds): connect, first byte of a response, gap between streamed chunks.
@@ -110,6 +113,10 @@ class Settings(BaseSettings):
     @cached_property
     def api_keys(self) -> list[str]:
         return _split(self.api_keys_raw)
+
+    @cached_property
+    def owners(self) -> list[str]:
+        return _split(self.owners_raw)
 
     @cached_property
     def pull_models(self) -> list[str]:

@@ -11,15 +11,31 @@ Answers what `HfApi.whoami`, `duplicate_space`/`duplicate_repo(repo_type="space"
   (X-Repo-Commit, ETag, Content-Length). Repos in `private` need a good token (401 RepoNotFound
   without one, like the Hub).
 
+And the Hub's OpenID Connect provider, what "Sign in with Hugging Face" on a Space uses (Gradio's
+OAuth routes through authlib, pointed here by OPENID_PROVIDER_URL), for the clients in `oauth_clients`:
+
+* ``GET  /.well-known/openid-configuration`` - the provider's metadata (RS256 ID tokens).
+* ``GET  /oauth/authorize`` - the Hub's consent page, answered at once: signs in as `signing_in`
+  (the user the test is playing; 403 when None) and redirects to the client's `redirect_uri` with a
+  one-time `code` and the client's `state`.
+* ``POST /oauth/token`` - the code (and the client's id and secret, HTTP Basic or in the form) for an
+  access token and an ID token whose claims are the Hub's profile fields: `preferred_username`,
+  `name`, `picture`, `profile`, and `orgs` (`preferred_username`, `roleInOrg`) from `orgs`.
+* ``GET  /oauth/jwks`` - the key that signs the ID tokens; ``GET /oauth/userinfo`` - the same claims.
+
 Every call is appended to `calls` as ``(method, path, json body or None, authorization header)``.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
+import secrets
 import threading
+import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -27,12 +43,20 @@ COMMIT = "1" * 40
 
 
 class StandinHub:
-    def __init__(self, *, tokens: dict[str, str], spaces: set[str], files: dict[str, Path],
-                 private: set[str] = frozenset()) -> None:
-        self.tokens = tokens  # token -> user name
+    def __init__(self, *, tokens: dict[str, str] | None = None, spaces: set[str] = frozenset(),
+                 files: dict[str, Path] | None = None, private: set[str] = frozenset(),
+                 oauth_clients: dict[str, str] | None = None,
+                 orgs: dict[str, dict[str, str]] | None = None) -> None:
+        self.tokens = tokens or {}  # token -> user name
         self.spaces = set(spaces)  # existing Space ids
-        self.files = files  # "<owner>/<repo>/<file>" -> local path
+        self.files = files or {}  # "<owner>/<repo>/<file>" -> local path
         self.private = set(private)  # model repo ids that need a token
+        self.oauth_clients = oauth_clients or {}  # OAuth client id -> secret
+        self.orgs = orgs or {}  # user -> {org name: role in it}
+        self.signing_in: str | None = None  # who the consent page signs in as
+        self._codes: dict[str, dict] = {}
+        self._access: dict[str, dict] = {}  # access token -> claims
+        self._key = None
         self.calls: list[tuple[str, str, dict | None, str]] = []
         self.secrets: dict[str, dict[str, str]] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -48,6 +72,67 @@ class StandinHub:
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    # -- the OpenID Connect provider -------------------------------------------------------------
+    def _signing_key(self):
+        from joserfc.jwk import RSAKey
+
+        if self._key is None:
+            self._key = RSAKey.generate_key(2048, parameters={"kid": "standin-hub", "use": "sig"})
+        return self._key
+
+    def openid_configuration(self) -> dict:
+        return {"issuer": self.url, "authorization_endpoint": f"{self.url}/oauth/authorize",
+                "token_endpoint": f"{self.url}/oauth/token", "userinfo_endpoint": f"{self.url}/oauth/userinfo",
+                "jwks_uri": f"{self.url}/oauth/jwks", "response_types_supported": ["code"],
+                "subject_types_supported": ["public"], "id_token_signing_alg_values_supported": ["RS256"],
+                "scopes_supported": ["openid", "profile"],
+                "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"]}
+
+    def authorize(self, query: dict[str, str]) -> tuple[int, str]:
+        """(status, redirect location or error) for the consent page."""
+        if query.get("client_id") not in self.oauth_clients or not query.get("redirect_uri"):
+            return 400, "unknown client or no redirect_uri"
+        if self.signing_in is None:
+            return 403, "nobody is signing in"
+        code = secrets.token_urlsafe(16)
+        self._codes[code] = {"user": self.signing_in, "client_id": query["client_id"],
+                             "redirect_uri": query["redirect_uri"], "nonce": query.get("nonce"),
+                             "scope": query.get("scope") or "openid profile"}
+        sep = "&" if "?" in query["redirect_uri"] else "?"
+        return 302, query["redirect_uri"] + sep + urllib.parse.urlencode({"code": code,
+                                                                          "state": query.get("state", "")})
+
+    def claims(self, user: str) -> dict:
+        return {"sub": f"id-{user}", "name": user.title(), "preferred_username": user,
+                "profile": f"{self.url}/{user}", "picture": f"{self.url}/avatars/{user}.png", "isPro": False,
+                "orgs": [{"sub": f"id-{org}", "name": org.title(), "preferred_username": org,
+                          "picture": f"{self.url}/avatars/{org}.png", "isEnterprise": False, "roleInOrg": role}
+                         for org, role in self.orgs.get(user, {}).items()]}
+
+    def token(self, form: dict[str, str], authorization: str) -> tuple[int, dict]:
+        from joserfc import jwt
+
+        client_id, secret = form.get("client_id"), form.get("client_secret")
+        if authorization.startswith("Basic "):
+            client_id, _, secret = base64.b64decode(authorization[6:]).decode().partition(":")
+            client_id, secret = urllib.parse.unquote(client_id), urllib.parse.unquote(secret)
+        if client_id not in self.oauth_clients or self.oauth_clients[client_id] != secret:
+            return 401, {"error": "invalid_client"}
+        grant = self._codes.pop(form.get("code") or "", None)
+        if (grant is None or grant["client_id"] != client_id or form.get("grant_type") != "authorization_code"
+                or form.get("redirect_uri") != grant["redirect_uri"]):
+            return 400, {"error": "invalid_grant"}
+        now = int(time.time())
+        claims = {**self.claims(grant["user"]), "iss": self.url, "aud": client_id, "iat": now, "exp": now + 3600,
+                  "auth_time": now}
+        if grant["nonce"]:
+            claims["nonce"] = grant["nonce"]
+        access = "hf_oauth_" + secrets.token_urlsafe(16)
+        self._access[access] = self.claims(grant["user"])
+        id_token = jwt.encode({"alg": "RS256", "kid": "standin-hub"}, claims, self._signing_key())
+        return 200, {"access_token": access, "token_type": "bearer", "expires_in": 3600, "scope": grant["scope"],
+                     "id_token": id_token}
 
     def _handler(self):
         hub = self
@@ -88,6 +173,19 @@ class StandinHub:
 
             def do_GET(self) -> None:  # noqa: N802
                 self._record(None)
+                path, _, query = self.path.partition("?")
+                if path == "/.well-known/openid-configuration":
+                    return self._send(200, hub.openid_configuration())
+                if path == "/oauth/jwks":
+                    return self._send(200, {"keys": [hub._signing_key().as_dict(private=False)]})
+                if path == "/oauth/authorize":
+                    status, where = hub.authorize(dict(urllib.parse.parse_qsl(query)))
+                    if status != 302:
+                        return self._send(status, {"error": where})
+                    return self._send(302, {}, {"Location": where})
+                if path == "/oauth/userinfo":
+                    claims = hub._access.get(self.headers.get("Authorization", "")[7:])
+                    return self._send(200, claims) if claims else self._bad_token()
                 if self.path == "/api/whoami-v2":
                     user = self._user()
                     if user is None:
@@ -131,6 +229,12 @@ class StandinHub:
                         self.wfile.write(chunk)
 
             def do_POST(self) -> None:  # noqa: N802
+                if self.path == "/oauth/token":
+                    n = int(self.headers.get("Content-Length") or 0)
+                    form = dict(urllib.parse.parse_qsl(self.rfile.read(n).decode()))
+                    self._record({k: v for k, v in form.items() if k != "client_secret"})
+                    status, answer = hub.token(form, self.headers.get("Authorization", ""))
+                    return self._send(status, answer, {"Cache-Control": "no-store"})
                 body = self._body()
                 self._record(body)
                 user = self._user()

@@ -55,6 +55,9 @@ def test_front_matter_parses_and_port_matches_app():
     assert Settings.model_fields["port"].default == meta["app_port"]  # the app's default port
     assert len(meta["short_description"]) <= 60  # the Hub's limit
     assert meta["title"] and meta["emoji"]
+    # "Sign in with Hugging Face" for the owner (ollabridge/ui/owner.py); Gradio's OAuth needs its extra.
+    assert meta["hf_oauth"] is True
+    assert re.search(r"^gradio\[oauth\]", (ROOT / "requirements.txt").read_text(), flags=re.M)
     env = " ".join(rest for op, rest in dockerfile_instructions(SPACE / "Dockerfile") if op == "ENV")
     assert "PORT=7860" in env
     exposed = [rest for op, rest in dockerfile_instructions(SPACE / "Dockerfile") if op == "EXPOSE"]

@@ -19,8 +19,9 @@ import pytest
 
 from tests.conftest import gateway_env
 from tests.procs import free_port, running
-from tests.ui_helpers import (CHROMIUM, DESKTOP, PHONE, Watch, bot_messages, launch, no_horizontal_overflow,
-                              open_tab, pick, set_number, shoot, wait_until)
+from tests.ui_helpers import (CHROMIUM, DESKTOP, PHONE, Watch, bot_messages, browser, fake_ollama,  # noqa: F401
+                              final_reply, no_horizontal_overflow, open_tab, pick, send, set_number, shoot,
+                              wait_until)
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed "
                                 "(apt-get install chromium)")
@@ -39,25 +40,16 @@ def shots(out_dir: Path) -> Path:
     return folder
 
 
-def _fake_ollama(out_dir: Path, name: str, models: str, chunks: int, delay: float):
-    port = free_port()
-    return port, running(["-m", "tests.fake_ollama", "--port", str(port), "--models", models,
-                          "--chunks", str(chunks), "--delay", str(delay)],
-                         f"http://127.0.0.1:{port}/api/version", log=out_dir / f"ui-{name}.log", timeout=60)
-
-
 @pytest.fixture(scope="module")
 def upstream(out_dir: Path):
-    port, ctx = _fake_ollama(out_dir, "upstream", UPSTREAM_MODEL, chunks=12, delay=0.05)
-    with ctx:
-        yield f"http://127.0.0.1:{port}"
+    with fake_ollama(out_dir, "ui-upstream", UPSTREAM_MODEL, chunks=12, delay=0.05) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def node_ollama(out_dir: Path):
-    port, ctx = _fake_ollama(out_dir, "node-ollama", NODE_MODEL, chunks=6, delay=0.02)
-    with ctx:
-        yield f"http://127.0.0.1:{port}"
+    with fake_ollama(out_dir, "ui-node-ollama", NODE_MODEL, chunks=6, delay=0.02) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -70,18 +62,6 @@ def ui_url(engine_url: str, upstream: str, out_dir: Path, tmp_path_factory: pyte
         yield f"http://127.0.0.1:{port}"
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = launch(p)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
 def _open(browser, url: str, viewport: dict) -> tuple:
     page = browser.new_page(viewport=viewport)
     page.set_default_timeout(30_000)
@@ -91,19 +71,6 @@ def _open(browser, url: str, viewport: dict) -> tuple:
     # Ready: the model picker is filled from the live model list.
     page.wait_for_function("() => { const i = document.querySelector('#chat-model input'); return i && i.value; }")
     return page, watch, time.monotonic() - started
-
-
-def _send(page, text: str) -> None:
-    page.fill("#chat-input textarea", text)
-    page.click("#chat-send")
-
-
-def _final_reply(page, count: int, timeout: float = 120) -> str:
-    """Wait for the `count`-th assistant message to carry its footer (or an error) and return it."""
-    def done():
-        msgs = bot_messages(page)
-        return len(msgs) >= count and ("tok/s" in msgs[count - 1] or "⚠️" in msgs[count - 1]) and msgs[count - 1]
-    return wait_until(done, timeout, 0.05, f"assistant message #{count}")
 
 
 def test_gradio_is_imported_only_when_the_ui_is_on():
@@ -128,6 +95,9 @@ def test_api_and_ui_share_one_port(ui_url: str):
     assert missing.status_code == 404 and missing.json()["error"]["message"] == "Not Found"
     assert httpx.post(ui_url + "/ollama/v1/models").status_code == 405
     assert httpx.get(ui_url + "/device/nodes", headers={"Authorization": f"Bearer {ADMIN}"}).json() == {"nodes": []}
+    # Off a Space there is no "Sign in with Hugging Face": Gradio's local stand-in for it would sign
+    # every visitor in as this machine's own Hugging Face account (ollabridge/ui/owner.py).
+    assert httpx.get(ui_url + "/login/huggingface", follow_redirects=False).status_code == 404
 
 
 def test_chat_streams_from_inbox_engine_and_switches_model(browser, ui_url: str, upstream: str, shots: Path):
@@ -138,7 +108,7 @@ def test_chat_streams_from_inbox_engine_and_switches_model(browser, ui_url: str,
     set_number(page, "chat-temp", 0)
 
     sent = time.monotonic()
-    _send(page, "Say hello in five words.")
+    send(page, "Say hello in five words.")
     seen: list[str] = []
     first_token = None
 
@@ -164,14 +134,14 @@ def test_chat_streams_from_inbox_engine_and_switches_model(browser, ui_url: str,
 
     # Switch to the second model (a scripted Ollama upstream): the reply comes from it, through the router.
     pick(page, "chat-model", "fake-b")
-    _send(page, "And now you?")
-    final = _final_reply(page, 2, 60)
+    send(page, "And now you?")
+    final = final_reply(page, 2, 60)
     assert "tok0" in final and "tok11" in final and "upstream-1" in final, final
 
     # Stop ends a long reply at once, and the backend's stream is cancelled (no orphan generation).
     set_number(page, "chat-max-tokens", 4096)  # the scripted upstream streams one chunk per token asked
     before = httpx.get(upstream + "/_stats").json()["cancelled"]
-    _send(page, "Talk for a long time.")
+    send(page, "Talk for a long time.")
     wait_until(lambda: len(bot_messages(page)) >= 3 and "tok3" in bot_messages(page)[2], 30, 0.05, "a long reply")
     page.click("#chat-stop")
     wait_until(lambda: httpx.get(upstream + "/_stats").json()["cancelled"] > before, 15, 0.1,
@@ -184,8 +154,8 @@ def test_chat_streams_from_inbox_engine_and_switches_model(browser, ui_url: str,
     # A backend error reads as a message in the chat, not a trace: the model vanishes upstream.
     httpx.post(upstream + "/_control", json={"models": []})
     try:
-        _send(page, "Still there?")
-        final = _final_reply(page, 4, 60)
+        send(page, "Still there?")
+        final = final_reply(page, 4, 60)
     finally:
         httpx.post(upstream + "/_control", json={"models": [UPSTREAM_MODEL]})
     # (Within the model-list cache the request still reaches the upstream, which answers 404: a backend
@@ -281,8 +251,8 @@ def test_pair_a_node_see_it_in_status_then_revoke(browser, ui_url: str, node_oll
         wait_until(lambda: page.evaluate("() => document.querySelector('#chat-model input').value"), 10, 0.1,
                    "the model list")
         pick(page, "chat-model", "GPU")
-        _send(page, "Hello GPU")
-        final = _final_reply(page, 1, 60)
+        send(page, "Hello GPU")
+        final = final_reply(page, 1, 60)
         assert "tok0" in final and NODE_NAME in final and "GPU node" in final, final
 
         # Revoke it from the Pair tab: it leaves Status.
@@ -307,7 +277,8 @@ def test_every_tab_renders_without_errors_or_outside_requests(browser, ui_url: s
     page, watch, load_s = _open(browser, ui_url, viewport)
     print(f"\n{viewport_name} page load: {load_s:.2f}s")
     for label, slug, ready in (("Chat", "chat", "#chat-input"), ("Status", "status", "#status-cards"),
-                               ("Pair a device", "pair", "#pair-code"), ("API", "api", "#api-curl")):
+                               ("Pair a device", "pair", "#pair-code"), ("Keys", "keys", "#keys-name"),
+                               ("API", "api", "#api-curl")):
         if label != "Chat":
             open_tab(page, label)
         page.wait_for_selector(ready)

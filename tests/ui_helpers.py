@@ -3,9 +3,13 @@ errors and requests that leave loopback, and drive the Gradio components by thei
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlparse
+
+import pytest
 
 from harness import procs
 
@@ -19,6 +23,29 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 def launch(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for a test module (import this fixture into the module)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = launch(p)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@contextmanager
+def fake_ollama(out_dir: Path, name: str, models: str, chunks: int, delay: float) -> Iterator[str]:
+    """The scripted Ollama (tests/fake_ollama.py) as a process; yields its URL."""
+    port = procs.free_port()
+    with procs.running(["-m", "tests.fake_ollama", "--port", str(port), "--models", models, "--chunks", str(chunks),
+                        "--delay", str(delay)], f"http://127.0.0.1:{port}/api/version",
+                       log=out_dir / f"{name}.log", timeout=60):
+        yield f"http://127.0.0.1:{port}"
 
 
 @dataclass
@@ -76,6 +103,20 @@ def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "co
 def bot_messages(page) -> list[str]:
     """The text of every assistant message in the chat, oldest first."""
     return page.eval_on_selector_all("#chatbot [data-testid='bot']", "els => els.map(e => e.innerText)")
+
+
+def send(page, text: str) -> None:
+    """Type a chat message and press Send."""
+    page.fill("#chat-input textarea", text)
+    page.click("#chat-send")
+
+
+def final_reply(page, count: int, timeout: float = 120) -> str:
+    """Wait for the `count`-th assistant message to carry its footer (or an error) and return it."""
+    def done():
+        msgs = bot_messages(page)
+        return len(msgs) >= count and ("tok/s" in msgs[count - 1] or "⚠️" in msgs[count - 1]) and msgs[count - 1]
+    return wait_until(done, timeout, 0.05, f"assistant message #{count}")
 
 
 def pick(page, elem_id: str, text: str) -> None:

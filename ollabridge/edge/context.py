@@ -10,6 +10,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncIterator
 
+# An in-process caller (the web UI, ollabridge/ui/edge_call.py) puts a dict at this key of the ASGI
+# scope's `extensions`; `track` makes it the request's `served`, so the caller learns which backend
+# answered. No HTTP client can set it (servers fill `extensions` themselves).
+SERVED_EXTENSION = "ollabridge.served"
+
 
 class RequestContext:
     """One request as the edge sees it; routes find it at `request.scope["ollabridge"]`."""
@@ -89,6 +94,10 @@ def track(request: Any, model: str | None = None) -> dict[str, Any] | None:
         return None
     if model:
         ctx.model = model
+    shared = (request.scope.get("extensions") or {}).get(SERVED_EXTENSION)
+    if isinstance(shared, dict):
+        shared.update(ctx.served)
+        ctx.served = shared
     return ctx.served
 
 

@@ -1,4 +1,4 @@
-"""The web UI: a Gradio Blocks app (Chat, Status, Pair a device, API) on the gateway's own app.
+"""The web UI: a Gradio Blocks app (Chat, Status, Pair a device, Keys, API) on the gateway's own app.
 
 Gradio takes seconds to import, so nothing here imports it at module level: `mount_ui` pulls it
 in only when the UI is enabled (OLLABRIDGE_UI, default on).

@@ -25,11 +25,16 @@ def public_base_url(settings: Settings, headers: dict[str, str] | None = None, s
     return f"{proto}://{host}"
 
 
-def curl_snippet(base: str, model: str) -> str:
+KEY_PLACEHOLDER = "<your API key>"
+
+
+def curl_snippet(base: str, model: str, keyed: bool = False) -> str:
+    auth = ' -H "Authorization: Bearer $OLLABRIDGE_API_KEY"' if keyed else ""
+    header = '  -H "Authorization: Bearer $OLLABRIDGE_API_KEY" \\\n' if keyed else ""
     return f"""curl {base}/health
-curl {base}/ollama/v1/models
+curl {base}/ollama/v1/models{auth}
 curl -X POST {base}/ollama/v1/chat/completions \\
-  -H "Content-Type: application/json" \\
+{header}  -H "Content-Type: application/json" \\
   -d '{{
     "model": "{model}",
     "messages": [{{"role": "user", "content": "Hello!"}}],
@@ -37,13 +42,13 @@ curl -X POST {base}/ollama/v1/chat/completions \\
   }}'"""
 
 
-def python_snippet(base: str, model: str) -> str:
+def python_snippet(base: str, model: str, keyed: bool = False) -> str:
     return f"""# pip install openai
 from openai import OpenAI
 
 client = OpenAI(
     base_url="{base}/ollama/v1",
-    api_key="not-needed",
+    api_key="{KEY_PLACEHOLDER if keyed else 'not-needed'}",
 )
 response = client.chat.completions.create(
     model="{model}",
@@ -52,13 +57,14 @@ response = client.chat.completions.create(
 print(response.choices[0].message.content)"""
 
 
-def js_snippet(base: str, model: str) -> str:
+def js_snippet(base: str, model: str, keyed: bool = False) -> str:
+    auth = f'"Authorization": "Bearer {KEY_PLACEHOLDER}", ' if keyed else ""
     return f"""// fetch, in a browser or Node 18+
 const response = await fetch(
   "{base}/ollama/v1/chat/completions",
   {{
     method: "POST",
-    headers: {{ "Content-Type": "application/json" }},
+    headers: {{ {auth}"Content-Type": "application/json" }},
     body: JSON.stringify({{
       model: "{model}",
       messages: [{{ role: "user", content: "Hello!" }}],
@@ -70,13 +76,13 @@ const data = await response.json();
 console.log(data.choices[0].message.content);"""
 
 
-def avatar_table(base: str, model: str) -> str:
+def avatar_table(base: str, model: str, keyed: bool = False) -> str:
     return f"""| Setting | Value |
 |---|---|
 | Provider | Custom / OpenAI-compatible |
 | Base URL | `{base}/ollama/v1` |
 | Model | `{model}` |
-| API Key | (leave empty) |"""
+| API Key | {"your API key" if keyed else "(leave empty)"} |"""
 
 
 def endpoints_table(base: str) -> str:
@@ -97,22 +103,25 @@ def endpoints_table(base: str) -> str:
     return "\n".join(lines)
 
 
-def intro(base: str) -> str:
-    return (f"Base URL for OpenAI clients: **`{base}/ollama/v1`** — no API key needed. "
+def intro(base: str, keyed: bool = False) -> str:
+    key = ("send your API key as `Authorization: Bearer <key>` (its owner mints keys in the Keys tab)"
+           if keyed else "no API key needed")
+    return (f"Base URL for OpenAI clients: **`{base}/ollama/v1`** — {key}. "
             f"Native Ollama clients use `{base}/ollama` as their host. "
             f"Every endpoint is described in the interactive <a href=\"{base}/docs\" target=\"_blank\">"
             f"API docs (/docs)</a>.")
 
 
-def render(base: str, model: str) -> tuple[str, str, str, str, str, str]:
-    return (intro(base), curl_snippet(base, model), python_snippet(base, model), js_snippet(base, model),
-            avatar_table(base, model), endpoints_table(base))
+def render(base: str, model: str, keyed: bool = False) -> tuple[str, str, str, str, str, str]:
+    """The tab's texts; `keyed`: the API needs a key (any configured or minted)."""
+    return (intro(base, keyed), curl_snippet(base, model, keyed), python_snippet(base, model, keyed),
+            js_snippet(base, model, keyed), avatar_table(base, model, keyed), endpoints_table(base))
 
 
 # -- the tab -----------------------------------------------------------------------------
 def build(blocks: gr.Blocks, gateway: Gateway, settings: Settings) -> None:
     base0, model0 = public_base_url(settings), settings.default_model
-    first = render(base0, model0)
+    first = render(base0, model0, gateway.keys.enabled)
     head = gr.Markdown(first[0], elem_id="api-intro")
     with gr.Tabs():
         with gr.Tab("curl"):
@@ -137,7 +146,7 @@ def build(blocks: gr.Blocks, gateway: Gateway, settings: Settings) -> None:
             model = await gateway.router.resolve_model(None)
         except Exception:  # noqa: BLE001 — the snippets still make sense with the default name
             model = settings.default_model
-        return render(base, model)
+        return render(base, model, gateway.keys.enabled)
 
     blocks.load(on_load, None, [head, curl, python, js, avatar, endpoints], queue=False,
                 api_visibility="private")

@@ -1,10 +1,14 @@
-"""Build the Blocks app from its tabs and mount it on the gateway's FastAPI app.
+"""Build the Blocks app from its tabs (Chat, Status, Pair a device, Keys, API) and mount it on the
+gateway's FastAPI app; on a Space with Hugging Face OAuth, a sign-in button for its owners.
 
-Every tab calls the gateway's own services (router, health, status, pairing, hub): the UI is
-one more client of the same code the API uses, never a second path and never HTTP to itself.
+Every tab calls the gateway's own services (router, health, status, pairing, hub, keys): the UI is
+one more client of the same code the API uses, never a second path. A chat is an API request: the
+Chat tab sends it through the app itself, in-process (edge_call.py), so the edge's rules apply.
 """
 
 from __future__ import annotations
+
+import json
 
 import gradio as gr
 from fastapi import FastAPI, HTTPException, Request
@@ -13,7 +17,7 @@ from starlette.routing import BaseRoute, Match
 from ollabridge import __version__
 from ollabridge.config import Settings
 from ollabridge.gateway import Gateway
-from ollabridge.ui import api_tab, chat, pair, status
+from ollabridge.ui import api_tab, chat, keys, owner, pair, status
 
 # System fonts only: nothing is fetched from outside the Space when the page loads.
 SANS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial",
@@ -75,6 +79,7 @@ CSS = """
   padding: 10px 12px !important; min-height: 44px; background: var(--input-background-fill) !important; }
 #chat-input textarea:focus { border-color: var(--color-accent) !important; }
 .ob-actions { justify-content: flex-end; gap: 8px; }
+#ob-account { justify-content: flex-end; }
 @media (max-width: 640px) {
   #ob-tabs .tab-container button { padding-left: 8px; padding-right: 8px; }
   #ob-header h1 { font-size: 1.25rem; }
@@ -104,25 +109,57 @@ HEADER = f"""
 """
 
 
+SIGN_IN = "Sign in with Hugging Face"
+# What Gradio's own button does on click (its OAuth routes), keeping the page's query (a node's
+# ?user_code= link survives the sign-in).
+SIGN_IN_JS = f"""(label) => {{
+  const back = encodeURIComponent("/" + window.location.search);
+  window.parent?.postMessage({{ type: "SET_SCROLLING", enabled: true }}, "*");
+  window.location.assign((label === {json.dumps(SIGN_IN)} ? "/login/huggingface" : "/logout") + "?_target_url=" + back);
+}}"""
+
+
+def login_button() -> gr.LoginButton:
+    """Gradio's "Sign in with Hugging Face" button (its presence turns on Gradio's OAuth routes), made
+    outside any Blocks so that Gradio does not wire it: its own label check turns the session into
+    objects and fails on a profile whose `orgs` is not empty. `build` wires it (SIGN_IN_JS, and a label
+    from `gr.OAuthProfile`, the way every handler here learns who is signed in)."""
+    return gr.LoginButton(SIGN_IN, elem_id="ob-login", size="sm", scale=0, min_width=220)
+
+
+def signed_in(profile: gr.OAuthProfile | None):
+    return gr.LoginButton(f"Logout ({profile.username})" if profile is not None else SIGN_IN)
+
+
 def theme() -> gr.themes.Base:
     return gr.themes.Soft(primary_hue="indigo", secondary_hue="sky", neutral_hue="slate",
                           font=SANS, font_mono=MONO)
 
 
-def build(gateway: Gateway, settings: Settings) -> gr.Blocks:
+def build(gateway: Gateway, settings: Settings, app: FastAPI) -> gr.Blocks:
+    # A Space with hf_oauth: true; nowhere else (see owner.py).
+    login = login_button() if owner.sign_in_available() else None
     with gr.Blocks(title="OllaBridge", analytics_enabled=False) as blocks:
         gr.HTML(HEADER, js_on_load=None)
+        if login is not None:
+            with gr.Row(elem_id="ob-account"):
+                login.render()
+            login.click(None, login, None, js=SIGN_IN_JS, api_visibility="private")
+            blocks.load(signed_in, None, login, queue=False, api_visibility="private")
         with gr.Tabs(elem_id="ob-tabs") as tabs:
             with gr.Tab("Chat", id="chat", elem_id="tab-chat") as chat_tab:
-                chat.build(blocks, gateway, settings)
+                chat.build(blocks, gateway, settings, app)
             with gr.Tab("Status", id="status", elem_id="tab-status") as status_tab:
                 status_timer = status.build(blocks, gateway, settings)
             with gr.Tab("Pair a device", id="pair", elem_id="tab-pair") as pair_tab:
                 code, pair_timer = pair.build(blocks, gateway, settings)
+            with gr.Tab("Keys", id="keys", elem_id="tab-keys") as keys_tab:
+                keys.build(blocks, gateway, settings)
             with gr.Tab("API", id="api", elem_id="tab-api") as api_tab_:
                 api_tab.build(blocks, gateway, settings)
         # Timers tick only while their tab is on screen.
-        for tab, on in ((chat_tab, ()), (status_tab, (status_timer,)), (pair_tab, (pair_timer,)), (api_tab_, ())):
+        for tab, on in ((chat_tab, ()), (status_tab, (status_timer,)), (pair_tab, (pair_timer,)), (keys_tab, ()),
+                        (api_tab_, ())):
             tab.select(lambda on=on: [gr.Timer(active=t in on) for t in (status_timer, pair_timer)], None,
                        [status_timer, pair_timer], queue=False, api_visibility="private")
 
@@ -155,7 +192,7 @@ def keep_api_404s(app: FastAPI) -> None:
 
 
 def mount(app: FastAPI, gateway: Gateway, settings: Settings) -> FastAPI:
-    blocks = build(gateway, settings)
+    blocks = build(gateway, settings, app)
     keep_api_404s(app)
     return gr.mount_gradio_app(app, blocks, path="/", footer_links=[], run_history=False, ssr_mode=False,
                                mcp_server=False, enable_monitoring=False, pwa=False, show_error=True,

@@ -1,6 +1,7 @@
 """The Pair a device tab: approve or deny a node's code with the admin token; list and revoke nodes.
 
 It calls `gateway.pairing` (ollabridge.pairing.PairingService), the same service behind `/device/*`.
+On a Space, an owner signed in with Hugging Face needs no admin token (ollabridge/ui/owner.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ollabridge.config import Settings
 from ollabridge.edge.context import client_address
 from ollabridge.errors import GatewayError
 from ollabridge.gateway import Gateway
+from ollabridge.ui import owner
 
 log = logging.getLogger("ollabridge.ui")
 
@@ -27,9 +29,9 @@ def _esc(value: Any) -> str:
     return html.escape(str(value))
 
 
-def msg(kind: str, text: str) -> str:
-    """A message box: kind is ok, err or info; `text` is escaped."""
-    return f'<div class="ob-msg-{kind}" id="pair-msg-{kind}">{_esc(text)}</div>'
+def msg(kind: str, text: str, tab: str = "pair") -> str:
+    """A message box: kind is ok, err or info; `text` is escaped; its id is `<tab>-msg-<kind>`."""
+    return f'<div class="ob-msg-{kind}" id="{tab}-msg-{kind}">{_esc(text)}</div>'
 
 
 def gpu_text(entry: dict[str, Any]) -> str:
@@ -100,6 +102,7 @@ def build(blocks: gr.Blocks, gateway: Gateway, settings: Settings) -> tuple[gr.T
     gr.Markdown("A GPU node started with `python -m ollabridge node --cloud <this URL>` shows an 8-letter code. "
                 "Enter it with the admin token (`OLLABRIDGE_ADMIN_TOKEN`, or the one printed in the gateway's log "
                 "at first boot) to see what the node offers, then approve or deny it.", elem_classes="ob-note")
+    who = gr.HTML(owner.note(None, settings), elem_id="pair-owner", js_on_load=None)
     with gr.Row(equal_height=True):
         code = gr.Textbox(label="Pairing code", placeholder="BCDF-GHJK", elem_id="pair-code", max_length=40,
                           scale=1, min_width=160)
@@ -165,17 +168,27 @@ def build(blocks: gr.Blocks, gateway: Gateway, settings: Settings) -> tuple[gr.T
         return msg("ok", f"Revoked {done['name']} ({done['node_id']}): its token no longer works and it was "
                          "disconnected.")
 
-    kwargs: dict[str, Any] = dict(api_visibility="private", concurrency_limit=None)
-    def handler(action: str):
-        def handle(user_code: str, admin: str, request: gr.Request):
-            return run(action, user_code, admin, caller(request, settings.forwarded_hops))
-        return handle
+    # Who may act comes from Gradio's signed session (gr.OAuthProfile), never from the page's inputs.
+    def as_owner(action: str):
+        def handler(user_code: str, admin: str, profile: gr.OAuthProfile | None, request: gr.Request):
+            return run(action, user_code, owner.admin_token(pairing, settings, profile, admin),
+                       caller(request, settings.forwarded_hops))
+        return handler
 
+    def revoke_as_owner(node_id: str | None, admin: str, profile: gr.OAuthProfile | None, request: gr.Request):
+        return do_revoke(node_id, owner.admin_token(pairing, settings, profile, admin), request)
+
+    def whoami(profile: gr.OAuthProfile | None):
+        hide = owner.owner_as(profile, settings) is not None  # a signed-in owner needs no admin token
+        return owner.note(profile, settings), gr.Textbox(visible=False) if hide else gr.skip()
+
+    kwargs: dict[str, Any] = dict(api_visibility="private", concurrency_limit=None)
     for button, action in ((lookup, "lookup"), (approve, "approve"), (deny, "deny")):
-        button.click(handler(action), [code, token], result, **kwargs).then(
+        button.click(as_owner(action), [code, token], result, **kwargs).then(
             listing, which, [nodes, which], show_progress="hidden", **kwargs)
-    code.submit(handler("lookup"), [code, token], result, **kwargs)
-    revoke.click(do_revoke, [which, token], revoke_msg, **kwargs).then(
+    code.submit(as_owner("lookup"), [code, token], result, **kwargs)
+    blocks.load(whoami, None, [who, token], queue=False, api_visibility="private")
+    revoke.click(revoke_as_owner, [which, token], revoke_msg, **kwargs).then(
         listing, which, [nodes, which], show_progress="hidden", **kwargs)
     refresh.click(listing, which, [nodes, which], **kwargs)
     timer.tick(listing, which, [nodes, which], show_progress="hidden", **kwargs)
