@@ -342,3 +342,53 @@ async def test_a_think_the_model_cannot_honour_is_dropped_once_then_never_sent()
     assert [b.get("think") for b in backend.bodies] == ["high", None, None]
     with pytest.raises(BackendError, match="does not support thinking"):  # the native API passes it as sent
         [c async for c in router.chat({"model": "a", "messages": [], "think": True})]
+
+
+async def test_a_caller_with_one_request_waits_behind_one_of_another_callers_twenty():
+    """Fairness (issue 14): a 1-slot node, caller A queues 20, then B sends 1: B starts after at
+    most the request running and one of A's, not after all twenty."""
+    gate, starts = asyncio.Event(), asyncio.Queue()
+    node = Scripted("node", ["a"], slots=1, gate=gate, starts=starts)
+    router = Router(queue_timeout=30)
+    router.add(node)
+
+    async def ask(caller, n):
+        served = {"caller": caller}
+        async with asyncio.timeout(TIMEOUT):
+            return [c async for c in router.chat({"model": "a", "messages": [], "n": n}, served)]
+    holder = asyncio.create_task(ask("key:A", "A-holder"))
+    await _started(starts, 1)
+    tasks = []
+    for n in [f"A{i}" for i in range(20)] + ["B"]:
+        node.refused.clear()
+        tasks.append(asyncio.create_task(ask("key:B" if n == "B" else "key:A", n)))
+        await asyncio.wait_for(node.refused.wait(), TIMEOUT)
+    assert router.waiting == 21
+    gate.set()
+    await asyncio.gather(holder, *tasks)
+    assert node.order.index("B") <= 2  # behind the holder and A0 only
+    assert node.order[:3] == ["A-holder", "A0", "B"] and node.order[3:] == [f"A{i}" for i in range(1, 20)]
+
+
+async def test_a_weighted_caller_gets_its_weight_in_turns():
+    gate, starts = asyncio.Event(), asyncio.Queue()
+    node = Scripted("node", ["a"], slots=1, gate=gate, starts=starts)
+    router = Router(queue_timeout=30)
+    router.add(node)
+
+    async def ask(caller, weight, n):
+        async with asyncio.timeout(TIMEOUT):
+            return [c async for c in router.chat({"model": "a", "messages": [], "n": n},
+                                                 {"caller": caller, "weight": weight})]
+    holder = asyncio.create_task(ask("x", 1, "holder"))
+    await _started(starts, 1)
+    tasks = []
+    for caller, weight, n in [("a", 1, "a0"), ("a", 1, "a1"), ("a", 1, "a2"),
+                              ("b", 2, "b0"), ("b", 2, "b1"), ("b", 2, "b2"), ("b", 2, "b3")]:
+        node.refused.clear()
+        tasks.append(asyncio.create_task(ask(caller, weight, n)))
+        await asyncio.wait_for(node.refused.wait(), TIMEOUT)
+    gate.set()
+    await asyncio.gather(holder, *tasks)
+    # tags: a 1, 2, 3; b 0.5, 1, 1.5, 2 (ties in arrival order)
+    assert node.order == ["holder", "b0", "a0", "b1", "b2", "a1", "b3", "a2"]

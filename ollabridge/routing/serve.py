@@ -55,6 +55,8 @@ class Serving:
 
         `served`, when given, is filled with the name and kind of the backend that answered (the
         last one, after a resume; `resumed` counts the resumes), and with its final chunk under "done".
+        Its `caller` and `weight` (the edge's: API key, else client address) set the request's
+        turn in the queue.
         """
         transcript = Transcript(op)
 
@@ -79,6 +81,7 @@ class Serving:
         before the first item, the same again on a backend not tried yet; after it (streams), the
         continuation on a backend not lost yet."""
         model = body.get("model", "")
+        caller, weight = (served or {}).get("caller") or "", (served or {}).get("weight") or 1.0
         segment, sent_body = op, body
         failed: set[int] = set()
         tried = failed | self._cannot(op)
@@ -89,7 +92,7 @@ class Serving:
             backend: Backend | None = None
             sent = False
             try:
-                async with self.slots.lease(model, tried) as backend:
+                async with self.slots.lease(model, tried, caller, weight) as backend:
                     attempts += 1
                     tried.add(id(backend))
                     if served is not None:

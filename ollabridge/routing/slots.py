@@ -3,15 +3,21 @@
 Among the pool's members that serve a model, the best free one is the lowest `priority` (GPU
 nodes before the Space's CPU), then the fewest requests in flight, never past a backend's slots.
 When none is free the request waits in a bounded queue (`max_queue` deep, `queue_timeout` long).
-The queue is first come, first served: whenever a slot frees, a backend joins or its models
-change (`notify`), the waiters are handed free slots in arrival order, each slot taken at once on
-the waiter's behalf, so a newcomer never gets a freed slot ahead of a request already waiting.
+The queue is fair across callers (`caller`: the API key, else the client address) and first come,
+first served within each: a waiter's place is its caller's turn, start-time fair queueing style:
+tag = max(the tag last served, its caller's last tag) + 1 / weight, ties in arrival order. So the
+callers waiting are served round-robin (a caller with weight 2 gets two turns to another's one), and
+one caller's 50 queued requests put another's one behind at most one of them. Whenever a slot
+frees, a backend joins or its models change (`notify`), the waiters are handed free slots in that
+order, each slot taken at once on the waiter's behalf, so a newcomer never gets a freed slot ahead
+of a request already waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import bisect
+import itertools
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import AsyncIterator
@@ -27,6 +33,7 @@ class _Waiter:
 
     model: str
     exclude: set[int]
+    tag: tuple[float, int]  # its turn: (caller's virtual start, arrival), lowest served first
     slot: asyncio.Future[Backend] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -35,7 +42,10 @@ class Slots:
         self.pool = pool
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
-        self._queue: deque[_Waiter] = deque()
+        self._queue: list[_Waiter] = []  # sorted by tag
+        self._arrivals = itertools.count()
+        self._served_tag = 0.0  # the virtual time: the tag of the waiter served last
+        self._last_tag: dict[str, float] = {}  # each waiting caller's latest tag
 
     @property
     def waiting(self) -> int:
@@ -59,7 +69,10 @@ class Slots:
             backend = self._take(live, waiter.exclude)
             if backend is not None:
                 self._queue.remove(waiter)
+                self._served_tag = max(self._served_tag, waiter.tag[0])
                 waiter.slot.set_result(backend)
+        if not self._queue:
+            self._last_tag.clear()  # nobody waits: no turn to remember
 
     def _take(self, backends: list[Backend], exclude: set[int]) -> Backend | None:
         """The best free backend among `backends`, its slot taken (in flight + 1); None when all are full,
@@ -76,15 +89,17 @@ class Slots:
         return best
 
     @asynccontextmanager
-    async def lease(self, model: str, exclude: set[int] | None = None) -> AsyncIterator[Backend]:
-        """Hold a slot on the best backend for `model`, waiting in the queue when all are full."""
+    async def lease(self, model: str, exclude: set[int] | None = None, caller: str = "",
+                    weight: float = 1.0) -> AsyncIterator[Backend]:
+        """Hold a slot on the best backend for `model`, waiting in the queue (in `caller`'s turn,
+        `weight` times as many turns as a caller of weight 1) when all are full."""
         exclude = exclude or set()
         backends = await self.pool.candidates(model)
         if self._queue:
             self.notify()  # whatever is free goes to the requests that came first
         backend = self._take(backends, exclude)
         if backend is None:
-            backend = await self._wait_for_slot(model, exclude)
+            backend = await self._wait_for_slot(model, exclude, caller, weight)
         backend.stats.total += 1
         try:
             yield backend
@@ -95,13 +110,15 @@ class Slots:
             backend.stats.in_flight -= 1
             self.notify()
 
-    async def _wait_for_slot(self, model: str, exclude: set[int]) -> Backend:
+    async def _wait_for_slot(self, model: str, exclude: set[int], caller: str, weight: float) -> Backend:
         """Wait in line for a slot (already taken on this request's behalf when it is handed over)."""
         if len(self._queue) >= self.max_queue:
             raise NoBackend(f"All backends serving '{model}' are busy and the queue is full.",
                             headers={"Retry-After": "5"})
-        waiter = _Waiter(model, exclude)
-        self._queue.append(waiter)
+        start = max(self._served_tag, self._last_tag.get(caller, 0.0)) + 1.0 / max(weight, 1e-3)
+        self._last_tag[caller] = start
+        waiter = _Waiter(model, exclude, (start, next(self._arrivals)))
+        bisect.insort(self._queue, waiter, key=lambda w: w.tag)
         try:
             async with asyncio.timeout(self.queue_timeout):
                 return await waiter.slot
