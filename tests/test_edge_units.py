@@ -127,3 +127,20 @@ def test_guessing_addresses_are_bounded():
     for i in range(1000):
         guesses.guard(f"10.0.{i // 256}.{i % 256}", False, now=float(i))
     assert len(guesses) <= 100
+
+
+def test_a_minted_key_carries_a_weight_also_in_a_database_from_before_weights(tmp_path):
+    import sqlite3
+    old = sqlite3.connect(tmp_path / "ollabridge.db")  # the table as it was, without `weight`
+    old.execute("CREATE TABLE api_keys (key_id TEXT PRIMARY KEY, name TEXT NOT NULL, key_hash TEXT NOT NULL "
+                "UNIQUE, prefix TEXT NOT NULL, created REAL NOT NULL, revoked REAL, rpm INTEGER, streams INTEGER)")
+    old.close()
+    keys = ApiKeys(tmp_path, [], is_admin=lambda token: False)
+    keys.open()
+    heavy, plain = keys.mint("batch", weight=3), keys.mint("app")
+    assert (heavy["weight"], plain["weight"]) == (3, 1.0)
+    keys.close()
+    again = ApiKeys(tmp_path, [], is_admin=lambda token: False)
+    again.open()
+    assert again.check(heavy["key"]).weight == 3 and again.check(plain["key"]).weight == 1.0
+    assert {k["name"]: k["weight"] for k in again.list()} == {"batch": 3, "app": 1.0}
