@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from ollabridge.backends.base import Backend, BackendHealth
+from ollabridge.backends.base import Backend, BackendHealth, Speed
 from ollabridge.errors import BackendError, ModelNotFound, NoBackend
 from ollabridge.routing import Router
 
@@ -392,3 +392,55 @@ async def test_a_weighted_caller_gets_its_weight_in_turns():
     await asyncio.gather(holder, *tasks)
     # tags: a 1, 2, 3; b 0.5, 1, 1.5, 2 (ties in arrival order)
     assert node.order == ["holder", "b0", "a0", "b1", "b2", "a1", "b3", "a2"]
+
+
+class Timed(Scripted):
+    """Its final chunk says how long the tokens took, as Ollama's does."""
+
+    async def stream(self, op, body):
+        async for chunk in super().stream(op, body):
+            yield {**chunk, "eval_count": 20, "eval_duration": 2_000_000_000} if chunk["done"] else chunk
+
+
+async def _gpu_and_cpu():
+    gpu, cpu = Scripted("gpu", ["a"], priority=0, slots=2), Scripted("cpu", ["a"], priority=10)
+    router = Router()
+    router.add(gpu)
+    router.add(cpu)
+    return router, gpu, cpu
+
+
+async def test_the_free_backend_measured_to_finish_soonest_serves_gpu_first_unless_slower():
+    router, gpu, cpu = await _gpu_and_cpu()
+    gpu.measured("a", 0.2, 40.0)  # the only one measured: the CPU counts as fast, the GPU's priority decides
+    assert (await _reply(router))[0] == "gpu"
+    gpu.stats.speeds["a"] = Speed(0.2, 36.0, 1)  # a little slower than the CPU, within the tolerance
+    cpu.stats.speeds["a"] = Speed(0.2, 38.0, 1)
+    assert (await _reply(router))[0] == "gpu"
+    gpu.stats.speeds["a"] = Speed(0.2, 5.0, 1)  # measurably slower: the CPU finishes first
+    assert (await _reply(router))[0] == "cpu"
+
+
+async def test_the_estimate_uses_the_tokens_the_request_asks_for():
+    router, gpu, cpu = await _gpu_and_cpu()
+
+    async def by(num_predict):
+        gpu.stats.speeds.clear(), cpu.stats.speeds.clear()  # as measured before each (the replies add theirs)
+        gpu.measured("a", 0.1, 10.0)  # answers at once, streams slowly
+        cpu.measured("a", 3.0, 1000.0)  # long to start, then fast
+        chunks = [c async for c in router.chat({"model": "a", "messages": [], "options": {"num_predict": num_predict}})]
+        return chunks[0]["message"]["content"]
+    assert [await by(1), await by(1000)] == ["gpu", "cpu"]
+
+
+async def test_a_finished_stream_updates_its_backends_moving_averages_shown_in_describe():
+    node = Timed("node", ["a"])
+    router = Router()
+    router.add(node)
+    await _reply(router)
+    speed = node.stats.speeds["a"]
+    assert (speed.samples, speed.tokens_per_s) == (1, 10.0) and speed.ttft_s >= 0
+    node.stats.speeds["a"].tokens_per_s = 20.0
+    await _reply(router)
+    assert node.stats.speeds["a"].tokens_per_s == pytest.approx(20.0 + 0.3 * (10.0 - 20.0))
+    assert node.describe()["speed"]["a"]["samples"] == 2 and "b" not in node.describe()["speed"]
