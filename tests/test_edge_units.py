@@ -144,3 +144,13 @@ def test_a_minted_key_carries_a_weight_also_in_a_database_from_before_weights(tm
     again.open()
     assert again.check(heavy["key"]).weight == 3 and again.check(plain["key"]).weight == 1.0
     assert {k["name"]: k["weight"] for k in again.list()} == {"batch": 3, "app": 1.0}
+
+
+def test_track_names_the_caller_and_its_weight_to_the_router():
+    from types import SimpleNamespace
+
+    from ollabridge.edge.context import RequestContext, track
+    ctx = RequestContext("r1", "POST", "/v1/chat/completions", 0.0)
+    ctx.ident, ctx.weight = "key:key_1", 3.0
+    served = track(SimpleNamespace(scope={"ollabridge": ctx}), "a")
+    assert served is ctx.served and served == {"caller": "key:key_1", "weight": 3.0} and ctx.model == "a"

@@ -177,8 +177,7 @@ class EdgeMiddleware:
                     return
                 ctx.held = True
             ctx.ident = ident
-            # Who asks, for the router's queue (a fair share per caller, `weight` turns each).
-            ctx.served.update(caller=ident, weight=getattr(key, "weight", None) or 1.0)
+            ctx.weight = key.weight if key is not None else 1.0  # its turns in the router's queue
             ctx.task = asyncio.current_task()
             drain.enter(ctx)
             if self.request_timeout > 0:
