@@ -8,10 +8,12 @@ soonest, the lowest `priority` (GPU nodes before the Space's CPU, unless measura
 the fewest requests in flight; never past a backend's slots.
 When none is free the request waits in a bounded queue (`max_queue` deep, `queue_timeout` long).
 The queue is fair across callers (`caller`: the API key, else the client address) and first come,
-first served within each: a waiter's place is its caller's turn, start-time fair queueing style:
-tag = max(the tag last served, its caller's last tag) + 1 / weight, ties in arrival order. So the
-callers waiting are served round-robin (a caller with weight 2 gets two turns to another's one), and
-one caller's 50 queued requests put another's one behind at most one of them. Whenever a slot
+first served within each, by start-time fair queueing: every request leased (served at once or
+queued) gets a start tag, max(the virtual time, where its caller's previous request ends), and
+ends 1 / weight later; the queue is served by start tag, ties in arrival order, and the virtual
+time is the start tag of the request served last. So the callers waiting are served round-robin (a
+caller with weight 2 gets two turns to another's one), and one caller's 50 queued requests put
+another's one behind none of them, only the requests already running. Whenever a slot
 frees, a backend joins or its models change (`notify`), the waiters are handed free slots in that
 order, each slot taken at once on the waiter's behalf, so a newcomer never gets a freed slot ahead
 of a request already waiting.
@@ -42,7 +44,7 @@ class _Waiter:
 
     model: str
     exclude: set[int]
-    tag: tuple[float, int]  # its turn: (caller's virtual start, arrival), lowest served first
+    tag: tuple[float, int]  # its turn: (start tag, arrival), lowest served first
     expected: int  # tokens it expects, for the estimate of each backend's finish
     slot: asyncio.Future[Backend] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -56,8 +58,8 @@ class Slots:
         self.queue_timeout = queue_timeout
         self._queue: list[_Waiter] = []  # sorted by tag
         self._arrivals = itertools.count()
-        self._served_tag = 0.0  # the virtual time: the tag of the waiter served last
-        self._last_tag: dict[str, float] = {}  # each waiting caller's latest tag
+        self._now = 0.0  # the virtual time: the start tag of the request served last
+        self._ends: dict[str, float] = {}  # where each caller's latest request ends, in virtual time
 
     @property
     def waiting(self) -> int:
@@ -81,10 +83,16 @@ class Slots:
             backend = self._take(live, waiter.exclude, waiter.model, waiter.expected)
             if backend is not None:
                 self._queue.remove(waiter)
-                self._served_tag = max(self._served_tag, waiter.tag[0])
+                self._now = max(self._now, waiter.tag[0])
                 waiter.slot.set_result(backend)
         if not self._queue:
-            self._last_tag.clear()  # nobody waits: no turn to remember
+            self._ends.clear()  # nobody waits: no turn to remember
+
+    def _start(self, caller: str, weight: float) -> float:
+        """The start tag of `caller`'s next request (and its end, 1 / weight later, noted)."""
+        start = max(self._now, self._ends.get(caller, 0.0))
+        self._ends[caller] = start + 1.0 / max(weight, 1e-3)
+        return start
 
     def _take(self, backends: list[Backend], exclude: set[int], model: str, expected: int) -> Backend | None:
         """The best free backend among `backends`, its slot taken (in flight + 1); None when all are full,
@@ -114,6 +122,8 @@ class Slots:
         backend = self._take(backends, exclude, model, expected)
         if backend is None:
             backend = await self._wait_for_slot(model, exclude, caller, weight, expected)
+        else:
+            self._now = max(self._now, self._start(caller, weight))  # served at once: its turn, taken
         backend.stats.total += 1
         try:
             yield backend
@@ -130,9 +140,7 @@ class Slots:
         if len(self._queue) >= self.max_queue:
             raise NoBackend(f"All backends serving '{model}' are busy and the queue is full.",
                             headers={"Retry-After": "5"})
-        start = max(self._served_tag, self._last_tag.get(caller, 0.0)) + 1.0 / max(weight, 1e-3)
-        self._last_tag[caller] = start
-        waiter = _Waiter(model, exclude, (start, next(self._arrivals)), expected)
+        waiter = _Waiter(model, exclude, (self._start(caller, weight), next(self._arrivals)), expected)
         bisect.insort(self._queue, waiter, key=lambda w: w.tag)
         try:
             async with asyncio.timeout(self.queue_timeout):
