@@ -443,3 +443,14 @@ async def test_a_finished_stream_updates_its_backends_moving_averages_shown_in_d
     await _reply(router)
     assert node.stats.speeds["a"].tokens_per_s == pytest.approx(20.0 + 0.3 * (10.0 - 20.0))
     assert node.describe()["speed"]["a"]["samples"] == 2 and "b" not in node.describe()["speed"]
+
+
+async def test_the_fair_queue_remembers_a_bounded_number_of_callers():
+    router, node, gate, holder, waiters = await _line(1)
+    slots = router.slots
+    slots._now = 10.0
+    slots._ends = {f"ip:{i}": 5.0 for i in range(5000)}  # callers whose turns passed long ago
+    slots._start("ip:new", 1.0)
+    assert slots._ends == {"ip:new": 11.0}
+    gate.set()
+    await asyncio.gather(holder, *waiters)

@@ -91,6 +91,8 @@ class Slots:
     def _start(self, caller: str, weight: float) -> float:
         """The start tag of `caller`'s next request (and its end, 1 / weight later, noted)."""
         start = max(self._now, self._ends.get(caller, 0.0))
+        if len(self._ends) > 4096:  # bounded: an end already passed counts as none
+            self._ends = {c: end for c, end in self._ends.items() if end > self._now}
         self._ends[caller] = start + 1.0 / max(weight, 1e-3)
         return start
 
