@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     models_ttl: float = Field(5.0, validation_alias="OLLABRIDGE_MODELS_TTL")
     max_queue: int = Field(64, validation_alias="OLLABRIDGE_MAX_QUEUE")
     queue_timeout: float = Field(60.0, validation_alias="OLLABRIDGE_QUEUE_TIMEOUT")
+    # Tokens a request without num_predict (max_tokens) is expected to make, for the estimate of which
+    # free backend finishes it soonest (routing/slots.py: measured time to first chunk + tokens / speed).
+    expected_tokens: int = Field(256, gt=0, validation_alias="OLLABRIDGE_EXPECTED_TOKENS")
     engine_start_timeout: float = Field(120.0, validation_alias="OLLABRIDGE_ENGINE_START_TIMEOUT")
     log_level: str = Field("info", validation_alias="OLLABRIDGE_LOG_LEVEL")
     # GPU nodes (relay + pairing): seconds between pings (3 missed = dead), largest frame in bytes,

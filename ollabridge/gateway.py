@@ -25,7 +25,7 @@ class Gateway:
         self.router = Router(models_ttl=settings.models_ttl, default_model=settings.default_model,
                              max_queue=settings.max_queue, queue_timeout=settings.queue_timeout,
                              aliases=settings.model_aliases, resume=settings.resume,
-                             max_resumes=settings.resume_max,
+                             max_resumes=settings.resume_max, expected_tokens=settings.expected_tokens,
                              stall=StallPolicy(settings.stall_after, settings.stall_factor, settings.stall_ping))
         timeouts = dict(connect_timeout=settings.connect_timeout,
                         first_token_timeout=settings.first_token_timeout, idle_timeout=settings.idle_timeout)

@@ -127,3 +127,30 @@ def test_guessing_addresses_are_bounded():
     for i in range(1000):
         guesses.guard(f"10.0.{i // 256}.{i % 256}", False, now=float(i))
     assert len(guesses) <= 100
+
+
+def test_a_minted_key_carries_a_weight_also_in_a_database_from_before_weights(tmp_path):
+    import sqlite3
+    old = sqlite3.connect(tmp_path / "ollabridge.db")  # the table as it was, without `weight`
+    old.execute("CREATE TABLE api_keys (key_id TEXT PRIMARY KEY, name TEXT NOT NULL, key_hash TEXT NOT NULL "
+                "UNIQUE, prefix TEXT NOT NULL, created REAL NOT NULL, revoked REAL, rpm INTEGER, streams INTEGER)")
+    old.close()
+    keys = ApiKeys(tmp_path, [], is_admin=lambda token: False)
+    keys.open()
+    heavy, plain = keys.mint("batch", weight=3), keys.mint("app")
+    assert (heavy["weight"], plain["weight"]) == (3, 1.0)
+    keys.close()
+    again = ApiKeys(tmp_path, [], is_admin=lambda token: False)
+    again.open()
+    assert again.check(heavy["key"]).weight == 3 and again.check(plain["key"]).weight == 1.0
+    assert {k["name"]: k["weight"] for k in again.list()} == {"batch": 3, "app": 1.0}
+
+
+def test_track_names_the_caller_and_its_weight_to_the_router():
+    from types import SimpleNamespace
+
+    from ollabridge.edge.context import RequestContext, track
+    ctx = RequestContext("r1", "POST", "/v1/chat/completions", 0.0)
+    ctx.ident, ctx.weight = "key:key_1", 3.0
+    served = track(SimpleNamespace(scope={"ollabridge": ctx}), "a")
+    assert served is ctx.served and served == {"caller": "key:key_1", "weight": 3.0} and ctx.model == "a"

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from ollabridge.backends.base import Backend, BackendHealth
+from ollabridge.backends.base import Backend, BackendHealth, Speed
 from ollabridge.errors import BackendError, ModelNotFound, NoBackend
 from ollabridge.routing import Router
 
@@ -342,3 +342,115 @@ async def test_a_think_the_model_cannot_honour_is_dropped_once_then_never_sent()
     assert [b.get("think") for b in backend.bodies] == ["high", None, None]
     with pytest.raises(BackendError, match="does not support thinking"):  # the native API passes it as sent
         [c async for c in router.chat({"model": "a", "messages": [], "think": True})]
+
+
+async def test_a_caller_with_one_request_waits_behind_none_of_another_callers_twenty():
+    """Fairness (issue 14): a 1-slot node, caller A queues 20, then B sends 1: B starts right after
+    the request running, not after all twenty."""
+    gate, starts = asyncio.Event(), asyncio.Queue()
+    node = Scripted("node", ["a"], slots=1, gate=gate, starts=starts)
+    router = Router(queue_timeout=30)
+    router.add(node)
+
+    async def ask(caller, n):
+        served = {"caller": caller}
+        async with asyncio.timeout(TIMEOUT):
+            return [c async for c in router.chat({"model": "a", "messages": [], "n": n}, served)]
+    holder = asyncio.create_task(ask("key:A", "A-holder"))
+    await _started(starts, 1)
+    tasks = []
+    for n in [f"A{i}" for i in range(20)] + ["B"]:
+        node.refused.clear()
+        tasks.append(asyncio.create_task(ask("key:B" if n == "B" else "key:A", n)))
+        await asyncio.wait_for(node.refused.wait(), TIMEOUT)
+    assert router.waiting == 21
+    gate.set()
+    await asyncio.gather(holder, *tasks)
+    assert node.order == ["A-holder", "B"] + [f"A{i}" for i in range(20)]
+
+
+async def test_a_weighted_caller_gets_its_weight_in_turns():
+    gate, starts = asyncio.Event(), asyncio.Queue()
+    node = Scripted("node", ["a"], slots=1, gate=gate, starts=starts)
+    router = Router(queue_timeout=30)
+    router.add(node)
+
+    async def ask(caller, weight, n):
+        async with asyncio.timeout(TIMEOUT):
+            return [c async for c in router.chat({"model": "a", "messages": [], "n": n},
+                                                 {"caller": caller, "weight": weight})]
+    holder = asyncio.create_task(ask("x", 1, "holder"))
+    await _started(starts, 1)
+    tasks = []
+    for caller, weight, n in [("a", 1, "a0"), ("a", 1, "a1"), ("a", 1, "a2"),
+                              ("b", 2, "b0"), ("b", 2, "b1"), ("b", 2, "b2"), ("b", 2, "b3")]:
+        node.refused.clear()
+        tasks.append(asyncio.create_task(ask(caller, weight, n)))
+        await asyncio.wait_for(node.refused.wait(), TIMEOUT)
+    gate.set()
+    await asyncio.gather(holder, *tasks)
+    # start tags: a 0, 1, 2; b 0, 0.5, 1, 1.5 (ties in arrival order)
+    assert node.order == ["holder", "a0", "b0", "b1", "a1", "b2", "b3", "a2"]
+
+
+class Timed(Scripted):
+    """Its final chunk says how long the tokens took, as Ollama's does."""
+
+    async def stream(self, op, body):
+        async for chunk in super().stream(op, body):
+            yield {**chunk, "eval_count": 20, "eval_duration": 2_000_000_000} if chunk["done"] else chunk
+
+
+async def _gpu_and_cpu():
+    gpu, cpu = Scripted("gpu", ["a"], priority=0, slots=2), Scripted("cpu", ["a"], priority=10)
+    router = Router()
+    router.add(gpu)
+    router.add(cpu)
+    return router, gpu, cpu
+
+
+async def test_the_free_backend_measured_to_finish_soonest_serves_gpu_first_unless_slower():
+    router, gpu, cpu = await _gpu_and_cpu()
+    gpu.measured("a", 0.2, 40.0)  # the only one measured: the CPU counts as fast, the GPU's priority decides
+    assert (await _reply(router))[0] == "gpu"
+    gpu.stats.speeds["a"] = Speed(0.2, 36.0, 1)  # a little slower than the CPU, within the tolerance
+    cpu.stats.speeds["a"] = Speed(0.2, 38.0, 1)
+    assert (await _reply(router))[0] == "gpu"
+    gpu.stats.speeds["a"] = Speed(0.2, 5.0, 1)  # measurably slower: the CPU finishes first
+    assert (await _reply(router))[0] == "cpu"
+
+
+async def test_the_estimate_uses_the_tokens_the_request_asks_for():
+    router, gpu, cpu = await _gpu_and_cpu()
+
+    async def by(num_predict):
+        gpu.stats.speeds.clear(), cpu.stats.speeds.clear()  # as measured before each (the replies add theirs)
+        gpu.measured("a", 0.1, 10.0)  # answers at once, streams slowly
+        cpu.measured("a", 3.0, 1000.0)  # long to start, then fast
+        chunks = [c async for c in router.chat({"model": "a", "messages": [], "options": {"num_predict": num_predict}})]
+        return chunks[0]["message"]["content"]
+    assert [await by(1), await by(1000)] == ["gpu", "cpu"]
+
+
+async def test_a_finished_stream_updates_its_backends_moving_averages_shown_in_describe():
+    node = Timed("node", ["a"])
+    router = Router()
+    router.add(node)
+    await _reply(router)
+    speed = node.stats.speeds["a"]
+    assert (speed.samples, speed.tokens_per_s) == (1, 10.0) and speed.ttft_s >= 0
+    node.stats.speeds["a"].tokens_per_s = 20.0
+    await _reply(router)
+    assert node.stats.speeds["a"].tokens_per_s == pytest.approx(20.0 + 0.3 * (10.0 - 20.0))
+    assert node.describe()["speed"]["a"]["samples"] == 2 and "b" not in node.describe()["speed"]
+
+
+async def test_the_fair_queue_remembers_a_bounded_number_of_callers():
+    router, node, gate, holder, waiters = await _line(1)
+    slots = router.slots
+    slots._now = 10.0
+    slots._ends = {f"ip:{i}": 5.0 for i in range(5000)}  # callers whose turns passed long ago
+    slots._start("ip:new", 1.0)
+    assert slots._ends == {"ip:new": 11.0}
+    gate.set()
+    await asyncio.gather(holder, *waiters)

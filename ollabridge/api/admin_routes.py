@@ -26,6 +26,8 @@ class MintRequest(BaseModel):
                                description="Requests a minute (default OLLABRIDGE_KEY_RATE_LIMIT_RPM; 0: no limit)")
     streams: Optional[int] = Field(None, ge=0, le=10_000,
                                    description="Requests in flight (default OLLABRIDGE_KEY_RATE_LIMIT_STREAMS; 0: none)")
+    weight: Optional[float] = Field(None, gt=0, le=100, description="Its share of the queue when every "
+                                    "backend is full: turns per turn of a weight-1 caller (default 1)")
 
 
 class KeyInfo(BaseModel):
@@ -36,6 +38,7 @@ class KeyInfo(BaseModel):
     created: Optional[str] = None
     rpm: Optional[int] = None
     streams: Optional[int] = None
+    weight: float = 1.0
 
 
 class MintedKey(KeyInfo):
@@ -70,7 +73,7 @@ async def mint_key(request: Request, body: Optional[MintRequest] = None):
     `/ollama/v1` and `/ollama/api` need one."""
     _admin(request)
     body = body or MintRequest()
-    return request.app.state.gateway.keys.mint(body.name, body.rpm, body.streams)
+    return request.app.state.gateway.keys.mint(body.name, body.rpm, body.streams, body.weight)
 
 
 @router.get("/admin/keys", response_model=KeyList, responses=_ADMIN_ERRORS)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 
@@ -23,6 +23,32 @@ class BackendHealth:
     version: str | None = None
 
 
+#: Weight of the newest measurement in a backend's moving averages of speed.
+SPEED_ALPHA = 0.3
+
+
+@dataclass
+class Speed:
+    """How fast a backend answers one model: moving averages of its time to first chunk and of its
+    tokens a second once streaming, over its finished streams."""
+
+    ttft_s: float = 0.0
+    tokens_per_s: float = 0.0
+    samples: int = 0
+
+    def add(self, ttft_s: float, tokens_per_s: float) -> None:
+        if self.samples == 0:
+            self.ttft_s, self.tokens_per_s = ttft_s, tokens_per_s
+        else:
+            self.ttft_s += SPEED_ALPHA * (ttft_s - self.ttft_s)
+            self.tokens_per_s += SPEED_ALPHA * (tokens_per_s - self.tokens_per_s)
+        self.samples += 1
+
+    def finish_s(self, tokens: int) -> float:
+        """Seconds until an answer of `tokens` tokens would have ended."""
+        return self.ttft_s + tokens / max(self.tokens_per_s, 1e-6)
+
+
 @dataclass
 class BackendStats:
     in_flight: int = 0
@@ -30,6 +56,7 @@ class BackendStats:
     failed: int = 0
     tokens: int = 0
     last_tokens_per_s: float | None = None
+    speeds: dict[str, Speed] = field(default_factory=dict)  # by model, once a stream of it finished
 
 
 class Backend(abc.ABC):
@@ -147,10 +174,22 @@ class Backend(abc.ABC):
     def has_model(self, model: str) -> bool:
         return any(model_matches(m, model) for m in self._models)
 
+    def measured(self, model: str, ttft_s: float, tokens_per_s: float) -> None:
+        """A stream of `model` finished: fold its speed into the moving averages."""
+        speeds = self.stats.speeds
+        if model not in speeds and len(speeds) >= 256:
+            speeds.clear()  # bounded: models are few, but a name is the caller's
+        speeds.setdefault(model, Speed()).add(ttft_s, tokens_per_s)
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "in_flight": self.stats.in_flight,
                 "slots": self.slots, "requests": self.stats.total, "failed": self.stats.failed,
-                "models": [m.get("name") or m.get("model") for m in self._models]}
+                "models": [m.get("name") or m.get("model") for m in self._models], "speed": self.speeds()}
+
+    def speeds(self) -> dict[str, dict[str, Any]]:
+        """The moving averages of its speed, by model (what /health shows)."""
+        return {model: {"ttft_s": round(s.ttft_s, 3), "tokens_per_s": round(s.tokens_per_s, 1),
+                        "samples": s.samples} for model, s in self.stats.speeds.items()}
 
 
 def model_matches(entry: dict[str, Any], wanted: str) -> bool:
@@ -159,4 +198,4 @@ def model_matches(entry: dict[str, Any], wanted: str) -> bool:
     return wanted in names or (":" not in wanted and f"{wanted}:latest" in names)
 
 
-__all__ = ["Backend", "BackendHealth", "BackendStats", "model_matches"]
+__all__ = ["Backend", "BackendHealth", "BackendStats", "Speed", "model_matches"]

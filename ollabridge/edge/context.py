@@ -2,7 +2,7 @@
 
 The edge puts a context at `scope["ollabridge"]` for every API request; routes record the model
 asked for and hand the router the dict it fills with the backend that served and the final chunk
-(`track`); the log line and the metrics read them when the request ends.
+(`track`, which also names the caller to the router's queue); the log line and the metrics read them when the request ends.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ SERVED_EXTENSION = "ollabridge.served"
 class RequestContext:
     """One request as the edge sees it; routes find it at `request.scope["ollabridge"]`."""
 
-    __slots__ = ("id", "method", "path", "started", "client", "key", "ident", "model", "served", "status",
+    __slots__ = ("id", "method", "path", "started", "client", "key", "ident", "weight", "model", "served", "status",
                  "content_type", "first_at", "task", "abort_reason", "abort_status", "abort_message",
                  "response_started", "prompt", "completion", "held", "timer", "encoder")
 
@@ -31,6 +31,7 @@ class RequestContext:
         self.client = ""
         self.key: str | None = None
         self.ident: str | None = None
+        self.weight = 1.0  # the key's share of the router's queue (edge/keys.py)
         self.model: str | None = None
         self.served: dict[str, Any] = {}
         self.status = 0
@@ -88,12 +89,15 @@ def context(request: Any) -> RequestContext | None:
 
 def track(request: Any, model: str | None = None) -> dict[str, Any] | None:
     """Record the model this request is for (the log line's `model`), and return the dict the
-    router fills with the backend that serves it and its final chunk (None outside the edge)."""
+    router fills with the backend that serves it and its final chunk (None outside the edge); it
+    tells the router who asks (`caller`: key or address, and its `weight`) for its fair queue."""
     ctx = request.scope.get("ollabridge")
     if ctx is None:
         return None
     if model:
         ctx.model = model
+    if ctx.ident:
+        ctx.served.update(caller=ctx.ident, weight=ctx.weight)
     shared = (request.scope.get("extensions") or {}).get(SERVED_EXTENSION)
     if isinstance(shared, dict):
         shared.update(ctx.served)

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created   REAL NOT NULL,
     revoked   REAL,
     rpm       INTEGER,
-    streams   INTEGER
+    streams   INTEGER,
+    weight    REAL
 );
 """
 
@@ -51,15 +52,23 @@ class Key:
     source: str  # "env" or "minted"
     rpm: int | None = None  # None: the gateway's OLLABRIDGE_KEY_RATE_LIMIT_RPM
     streams: int | None = None
+    weight: float = 1.0  # its share of the router's queue: turns per turn of a weight-1 caller
 
 
 class KeyStore(SQLiteStore):
     SCHEMA = SCHEMA
 
-    def add(self, key_id: str, name: str, secret: str, rpm: int | None, streams: int | None) -> dict[str, Any]:
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        if "weight" not in {row["name"] for row in self._all("PRAGMA table_info(api_keys)")}:
+            self._exec("ALTER TABLE api_keys ADD COLUMN weight REAL")  # a database from before weights
+
+    def add(self, key_id: str, name: str, secret: str, rpm: int | None, streams: int | None,
+            weight: float | None = None) -> dict[str, Any]:
         now = time.time()
-        self._exec("INSERT INTO api_keys (key_id, name, key_hash, prefix, created, rpm, streams) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?)", (key_id, name, hash_token(secret), secret[:8], now, rpm, streams))
+        self._exec("INSERT INTO api_keys (key_id, name, key_hash, prefix, created, rpm, streams, weight) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   (key_id, name, hash_token(secret), secret[:8], now, rpm, streams, weight))
         return self.get(key_id) or {}
 
     def get(self, key_id: str) -> dict[str, Any] | None:
@@ -105,7 +114,7 @@ class ApiKeys(OpensStore[KeyStore]):
 
     def _load(self) -> None:
         self._minted = {row["key_hash"]: Key(id=row["key_id"], name=row["name"], source="minted", rpm=row["rpm"],
-                                             streams=row["streams"])
+                                             streams=row["streams"], weight=row["weight"] or 1.0)
                         for row in self.store.live()}
 
     # -- the per-request check ---------------------------------------------------------------
@@ -122,17 +131,18 @@ class ApiKeys(OpensStore[KeyStore]):
         return key
 
     # -- the owner's side (admin token checked by the route) ---------------------------------
-    def mint(self, name: str, rpm: int | None = None, streams: int | None = None) -> dict[str, Any]:
+    def mint(self, name: str, rpm: int | None = None, streams: int | None = None,
+             weight: float | None = None) -> dict[str, Any]:
         secret = "obk_" + secrets.token_urlsafe(32)
         key_id = "key_" + secrets.token_hex(6)
-        row = self.store.add(key_id, name, secret, rpm, streams)
+        row = self.store.add(key_id, name, secret, rpm, streams, weight)
         self._load()
         log.info("API key %s (%r) minted", key_id, name)
         return {**self._describe(row), "key": secret}
 
     def list(self) -> list[dict[str, Any]]:
         env = [{"id": k.id, "name": k.name, "source": "env", "prefix": None, "created": None, "rpm": None,
-                "streams": None} for k in self._env.values()]
+                "streams": None, "weight": 1.0} for k in self._env.values()]
         return env + [self._describe(row) for row in self.store.live()]
 
     def revoke(self, key_id: str) -> dict[str, Any]:
@@ -150,4 +160,5 @@ class ApiKeys(OpensStore[KeyStore]):
     @staticmethod
     def _describe(row: dict[str, Any]) -> dict[str, Any]:
         return {"id": row["key_id"], "name": row["name"], "source": "minted", "prefix": row["prefix"],
-                "created": iso(row["created"]), "rpm": row["rpm"], "streams": row["streams"]}
+                "created": iso(row["created"]), "rpm": row["rpm"], "streams": row["streams"],
+                "weight": row["weight"] or 1.0}

@@ -177,6 +177,7 @@ class EdgeMiddleware:
                     return
                 ctx.held = True
             ctx.ident = ident
+            ctx.weight = key.weight if key is not None else 1.0  # its turns in the router's queue
             ctx.task = asyncio.current_task()
             drain.enter(ctx)
             if self.request_timeout > 0:

@@ -380,4 +380,4 @@ class NodeBackend(Backend):
                 "models": [m.get("name") for m in self._models], "gpu": self.hello.gpu,
                 "vram_mb": self.hello.vram_mb, "slots": self.slots, "in_flight": len(self._requests) + self.releasing,
                 "requests": self.stats.total, "failed": self.stats.failed, "tokens": self.stats.tokens,
-                "tokens_per_s": self.stats.last_tokens_per_s, "rtt_ms": self.rtt_ms}
+                "tokens_per_s": self.stats.last_tokens_per_s, "speed": self.speeds(), "rtt_ms": self.rtt_ms}

@@ -22,9 +22,10 @@ class Router:
     def __init__(self, *, models_ttl: float = 5.0, default_model: str = "", retries: int = 2,
                  max_queue: int = 64, queue_timeout: float = 60.0,
                  aliases: list[tuple[str, str]] | None = None, resume: bool = True, max_resumes: int = 2,
-                 stall: StallPolicy | None = None) -> None:
+                 stall: StallPolicy | None = None, expected_tokens: int = 256) -> None:
         self.pool = Pool(models_ttl=models_ttl, default_model=default_model, aliases=aliases or ())
-        self.slots = Slots(self.pool, max_queue=max_queue, queue_timeout=queue_timeout)
+        self.slots = Slots(self.pool, max_queue=max_queue, queue_timeout=queue_timeout,
+                           expected_tokens=expected_tokens)
         self.serving = Serving(self.pool, self.slots, retries=retries, resume=resume, max_resumes=max_resumes,
                                stall=stall)
 

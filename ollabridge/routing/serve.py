@@ -55,11 +55,14 @@ class Serving:
 
         `served`, when given, is filled with the name and kind of the backend that answered (the
         last one, after a resume; `resumed` counts the resumes), and with its final chunk under "done".
+        Its `caller` and `weight` (the edge's: API key, else client address) set the request's
+        turn in the queue.
         """
         transcript = Transcript(op)
 
         def run(backend: Backend, segment: str, sent: dict[str, Any]) -> Metered:
-            return Metered(backend, backend.stream(segment, sent), served, transcript, self.stall.pace(backend))
+            return Metered(backend, backend.stream(segment, sent), served, transcript, self.stall.pace(backend),
+                           sent.get("model", ""))
         return self._serve(op, body, served, relax_think, run, transcript)
 
     async def call(self, op: str, body: dict[str, Any], served: dict[str, Any] | None = None
@@ -79,6 +82,7 @@ class Serving:
         before the first item, the same again on a backend not tried yet; after it (streams), the
         continuation on a backend not lost yet."""
         model = body.get("model", "")
+        caller, weight = (served or {}).get("caller") or "", (served or {}).get("weight") or 1.0
         segment, sent_body = op, body
         failed: set[int] = set()
         tried = failed | self._cannot(op)
@@ -89,7 +93,7 @@ class Serving:
             backend: Backend | None = None
             sent = False
             try:
-                async with self.slots.lease(model, tried) as backend:
+                async with self.slots.lease(model, tried, caller, weight, _expected(sent_body)) as backend:
                     attempts += 1
                     tried.add(id(backend))
                     if served is not None:
@@ -166,6 +170,13 @@ class Serving:
                             "agent; update ollabridge on them.", headers={"Retry-After": "30"})
 
 
+def _expected(body: dict[str, Any]) -> int | None:
+    """The tokens the request asks for at most (`num_predict`), when it says."""
+    options = body.get("options")
+    wanted = options.get("num_predict") if isinstance(options, dict) else None
+    return wanted if isinstance(wanted, int) and wanted > 0 else None
+
+
 def _without_think(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k != "think"}
 
@@ -183,11 +194,11 @@ class Metered:
     A plain iterator, not a generator: it adds no generator of its own to finalize when the caller
     abandons the stream, so the backend's stream is closed as promptly as if iterated directly."""
 
-    __slots__ = ("backend", "chunks", "served", "transcript", "pace", "started", "first", "finished")
+    __slots__ = ("backend", "chunks", "served", "transcript", "pace", "model", "started", "first", "finished")
 
     def __init__(self, backend: Backend, chunks: AsyncIterator[dict[str, Any]], served: dict[str, Any] | None,
-                 transcript: Transcript, pace: Pace | None) -> None:
-        self.backend, self.chunks, self.served = backend, aiter(chunks), served
+                 transcript: Transcript, pace: Pace | None, model: str = "") -> None:
+        self.backend, self.chunks, self.served, self.model = backend, aiter(chunks), served, model
         self.transcript, self.pace = transcript, pace
         self.started = time.monotonic()
         self.first: float | None = None
@@ -215,7 +226,7 @@ class Metered:
             self.first = time.monotonic()
         if chunk.get("done"):
             self.finished = True
-            _count_tokens(self.backend, chunk, self.started)
+            _count_tokens(self.backend, chunk, self.started, self.first, self.model)
             chunk = self.transcript.final(chunk)
             if self.served is not None:
                 self.served["done"] = chunk
@@ -234,7 +245,7 @@ class Metered:
                                  int((now - self.first) * 1e9) if self.first else 0)
 
 
-def _count_tokens(backend: Backend, chunk: dict[str, Any], started: float) -> None:
+def _count_tokens(backend: Backend, chunk: dict[str, Any], started: float, first: float, model: str) -> None:
     tokens = int(chunk.get("eval_count") or 0)
     backend.stats.tokens += tokens
     duration = chunk.get("eval_duration") or 0
@@ -242,3 +253,5 @@ def _count_tokens(backend: Backend, chunk: dict[str, Any], started: float) -> No
         backend.stats.last_tokens_per_s = tokens / (duration / 1e9)
     elif tokens:
         backend.stats.last_tokens_per_s = tokens / max(time.monotonic() - started, 1e-6)
+    if tokens and model:
+        backend.measured(model, first - started, backend.stats.last_tokens_per_s or 0.0)

@@ -1,17 +1,29 @@
 """Leasing a slot on a backend, and the queue for when every slot is taken.
 
-Among the pool's members that serve a model, the best free one is the lowest `priority` (GPU
-nodes before the Space's CPU), then the fewest requests in flight, never past a backend's slots.
+Among the pool's members that serve a model, the best free one is the one that would finish the
+answer soonest by its measured speed for the model (`Speed`: time to first chunk + expected tokens /
+tokens a second; expected: the request's `num_predict`, else `expected_tokens`), a backend not
+measured yet counting as fast as the best measured one; among those within `SPEED_TOLERANCE` of the
+soonest, the lowest `priority` (GPU nodes before the Space's CPU, unless measurably slower), then
+the fewest requests in flight; never past a backend's slots.
 When none is free the request waits in a bounded queue (`max_queue` deep, `queue_timeout` long).
-The queue is first come, first served: whenever a slot frees, a backend joins or its models
-change (`notify`), the waiters are handed free slots in arrival order, each slot taken at once on
-the waiter's behalf, so a newcomer never gets a freed slot ahead of a request already waiting.
+The queue is fair across callers (`caller`: the API key, else the client address) and first come,
+first served within each, by start-time fair queueing: every request leased (served at once or
+queued) gets a start tag, max(the virtual time, where its caller's previous request ends), and
+ends 1 / weight later; the queue is served by start tag, ties in arrival order, and the virtual
+time is the start tag of the request served last. So the callers waiting are served round-robin (a
+caller with weight 2 gets two turns to another's one), and one caller's 50 queued requests put
+another's one behind none of them, only the requests already running. Whenever a slot
+frees, a backend joins or its models change (`notify`), the waiters are handed free slots in that
+order, each slot taken at once on the waiter's behalf, so a newcomer never gets a freed slot ahead
+of a request already waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import bisect
+import itertools
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import AsyncIterator
@@ -20,6 +32,11 @@ from ollabridge.backends.base import Backend
 from ollabridge.errors import BackendError, NoBackend
 from ollabridge.routing.pool import Pool
 
+#: Estimated finishes this much (relatively) later than the soonest still count as as soon: priority
+#: and load decide between them (moving averages are noisy; a GPU node keeps its place unless it is
+#: measurably slower).
+SPEED_TOLERANCE = 0.15
+
 
 @dataclass(eq=False)
 class _Waiter:
@@ -27,15 +44,22 @@ class _Waiter:
 
     model: str
     exclude: set[int]
+    tag: tuple[float, int]  # its turn: (start tag, arrival), lowest served first
+    expected: int  # tokens it expects, for the estimate of each backend's finish
     slot: asyncio.Future[Backend] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class Slots:
-    def __init__(self, pool: Pool, *, max_queue: int = 64, queue_timeout: float = 60.0) -> None:
+    def __init__(self, pool: Pool, *, max_queue: int = 64, queue_timeout: float = 60.0,
+                 expected_tokens: int = 256) -> None:
         self.pool = pool
+        self.expected_tokens = expected_tokens
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
-        self._queue: deque[_Waiter] = deque()
+        self._queue: list[_Waiter] = []  # sorted by tag
+        self._arrivals = itertools.count()
+        self._now = 0.0  # the virtual time: the start tag of the request served last
+        self._ends: dict[str, float] = {}  # where each caller's latest request ends, in virtual time
 
     @property
     def waiting(self) -> int:
@@ -56,17 +80,28 @@ class Slots:
                 waiter.slot.set_exception(NoBackend(f"No backend serving '{waiter.model}' is up.",
                                                     headers={"Retry-After": "5"}))
                 continue
-            backend = self._take(live, waiter.exclude)
+            backend = self._take(live, waiter.exclude, waiter.model, waiter.expected)
             if backend is not None:
                 self._queue.remove(waiter)
+                self._now = max(self._now, waiter.tag[0])
                 waiter.slot.set_result(backend)
+        if not self._queue:
+            self._ends.clear()  # nobody waits: no turn to remember
 
-    def _take(self, backends: list[Backend], exclude: set[int]) -> Backend | None:
+    def _start(self, caller: str, weight: float) -> float:
+        """The start tag of `caller`'s next request (and its end, 1 / weight later, noted)."""
+        start = max(self._now, self._ends.get(caller, 0.0))
+        if len(self._ends) > 4096:  # bounded: an end already passed counts as none
+            self._ends = {c: end for c, end in self._ends.items() if end > self._now}
+        self._ends[caller] = start + 1.0 / max(weight, 1e-3)
+        return start
+
+    def _take(self, backends: list[Backend], exclude: set[int], model: str, expected: int) -> Backend | None:
         """The best free backend among `backends`, its slot taken (in flight + 1); None when all are full,
         or when a better one is only held until it lets go of a stopped request (it is free in a moment:
         wait for it, woken by notify, rather than fall back to a slower one)."""
         members = [b for b in backends if id(b) not in exclude and b in self.pool.backends]
-        free = [b for b in members if b.available]
+        free = _soonest([b for b in members if b.available], model, expected)
         best = min(free, key=lambda b: (b.priority, b.stats.in_flight)) if free else None
         soon = [b.priority for b in members
                 if b.releasing and b not in free and b.stats.in_flight < (b.slots or 0)]
@@ -76,15 +111,21 @@ class Slots:
         return best
 
     @asynccontextmanager
-    async def lease(self, model: str, exclude: set[int] | None = None) -> AsyncIterator[Backend]:
-        """Hold a slot on the best backend for `model`, waiting in the queue when all are full."""
+    async def lease(self, model: str, exclude: set[int] | None = None, caller: str = "",
+                    weight: float = 1.0, expected: int | None = None) -> AsyncIterator[Backend]:
+        """Hold a slot on the best backend for `model` (for an answer of about `expected` tokens),
+        waiting in the queue (in `caller`'s turn, `weight` times as many turns as a caller of weight
+        1) when all are full."""
         exclude = exclude or set()
+        expected = expected or self.expected_tokens
         backends = await self.pool.candidates(model)
         if self._queue:
             self.notify()  # whatever is free goes to the requests that came first
-        backend = self._take(backends, exclude)
+        backend = self._take(backends, exclude, model, expected)
         if backend is None:
-            backend = await self._wait_for_slot(model, exclude)
+            backend = await self._wait_for_slot(model, exclude, caller, weight, expected)
+        else:
+            self._now = max(self._now, self._start(caller, weight))  # served at once: its turn, taken
         backend.stats.total += 1
         try:
             yield backend
@@ -95,13 +136,14 @@ class Slots:
             backend.stats.in_flight -= 1
             self.notify()
 
-    async def _wait_for_slot(self, model: str, exclude: set[int]) -> Backend:
+    async def _wait_for_slot(self, model: str, exclude: set[int], caller: str, weight: float,
+                             expected: int) -> Backend:
         """Wait in line for a slot (already taken on this request's behalf when it is handed over)."""
         if len(self._queue) >= self.max_queue:
             raise NoBackend(f"All backends serving '{model}' are busy and the queue is full.",
                             headers={"Retry-After": "5"})
-        waiter = _Waiter(model, exclude)
-        self._queue.append(waiter)
+        waiter = _Waiter(model, exclude, (self._start(caller, weight), next(self._arrivals)), expected)
+        bisect.insort(self._queue, waiter, key=lambda w: w.tag)
         try:
             async with asyncio.timeout(self.queue_timeout):
                 return await waiter.slot
@@ -123,3 +165,13 @@ class Slots:
             self.notify()
         elif not slot.done():
             slot.cancel()
+
+
+def _soonest(free: list[Backend], model: str, expected: int) -> list[Backend]:
+    """Those of `free` whose estimated finish of an `expected`-token answer of `model` is within
+    SPEED_TOLERANCE of the soonest (a backend not measured for the model: as soon as the soonest)."""
+    finish = {id(b): s.finish_s(expected) for b in free if (s := b.stats.speeds.get(model)) is not None}
+    if not finish:
+        return free
+    soonest = min(finish.values()) * (1 + SPEED_TOLERANCE)
+    return [b for b in free if finish.get(id(b), 0.0) <= soonest]
