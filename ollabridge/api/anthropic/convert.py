@@ -13,6 +13,7 @@ import secrets
 from typing import Any, Iterable
 
 from ollabridge.api.anthropic.protocol import Block, CountTokensRequest, MessageParam, MessagesRequest
+from ollabridge.api.reply import gather
 from ollabridge.errors import BadRequest
 
 BILLING_HEADER = "x-anthropic-billing-header:"
@@ -200,21 +201,13 @@ def tool_use_block(call: dict[str, Any]) -> dict[str, Any]:
 
 def aggregate_message(chunks: Iterable[dict[str, Any]], model: str) -> dict[str, Any]:
     """All Ollama `/api/chat` objects of one reply → one Anthropic `message`."""
-    thinking: list[str] = []
-    text: list[str] = []
-    calls: list[dict[str, Any]] = []
-    last: dict[str, Any] = {}
-    for chunk in chunks:
-        message = chunk.get("message") or {}
-        thinking.append(message.get("thinking") or "")
-        text.append(message.get("content") or "")
-        calls.extend(message.get("tool_calls") or [])
-        last = chunk
+    reply = gather(chunks)
     content: list[dict[str, Any]] = []
-    if "".join(thinking):
-        content.append({"type": "thinking", "thinking": "".join(thinking), "signature": ""})
-    if "".join(text):
-        content.append({"type": "text", "text": "".join(text)})
-    content.extend(tool_use_block(call) for call in calls)
+    if reply.thinking:
+        content.append({"type": "thinking", "thinking": reply.thinking, "signature": ""})
+    if reply.text:
+        content.append({"type": "text", "text": reply.text})
+    content.extend(tool_use_block(call) for call in reply.calls)
     return {"id": new_message_id(), "type": "message", "role": "assistant", "model": model, "content": content,
-            "stop_reason": stop_reason(last, bool(calls)), "stop_sequence": None, "usage": usage(last)}
+            "stop_reason": stop_reason(reply.last, bool(reply.calls)), "stop_sequence": None,
+            "usage": usage(reply.last)}

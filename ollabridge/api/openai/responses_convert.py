@@ -14,6 +14,7 @@ import time
 from typing import Any, Iterable
 
 from ollabridge.api.openai.responses_protocol import InputItem, InputPart, ResponsesRequest, ResponsesTool
+from ollabridge.api.reply import gather
 from ollabridge.errors import BadRequest
 
 EFFORTS: dict[str, bool | str] = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
@@ -204,20 +205,11 @@ def response_object(req: ResponsesRequest, response_id: str, model: str, created
 def aggregate_response(chunks: Iterable[dict[str, Any]], req: ResponsesRequest, model: str,
                        namespaced: dict[str, tuple[str, str]]) -> dict[str, Any]:
     """All Ollama `/api/chat` objects of one reply → one Response."""
-    thinking: list[str] = []
-    text: list[str] = []
-    calls: list[dict[str, Any]] = []
-    last: dict[str, Any] = {}
-    for chunk in chunks:
-        message = chunk.get("message") or {}
-        thinking.append(message.get("thinking") or "")
-        text.append(message.get("content") or "")
-        calls.extend(message.get("tool_calls") or [])
-        last = chunk
+    reply = gather(chunks)
     output: list[dict[str, Any]] = []
-    if "".join(thinking):
-        output.append(reasoning_item(new_id("rs"), "".join(thinking)))
-    if "".join(text) or not calls:
-        output.append(message_item(new_id("msg"), "".join(text)))
-    output.extend(function_call_item(call, namespaced, "completed") for call in calls)
-    return response_object(req, new_id("resp"), model, int(time.time()), "completed", output, usage(last))
+    if reply.thinking:
+        output.append(reasoning_item(new_id("rs"), reply.thinking))
+    if reply.text or not reply.calls:
+        output.append(message_item(new_id("msg"), reply.text))
+    output.extend(function_call_item(call, namespaced, "completed") for call in reply.calls)
+    return response_object(req, new_id("resp"), model, int(time.time()), "completed", output, usage(reply.last))
