@@ -22,6 +22,10 @@ log = logging.getLogger("ollabridge")
 T = TypeVar("T")
 
 DONE = b"data: [DONE]\n\n"
+# What /openapi.json says one event of an SSE answer is (OpenAPI's per-event item): an optional `event`
+# name and its `data` text (JSON, or `[DONE]`); each route's description says which events come.
+SSE_EVENT_SCHEMA = {"type": "object", "required": ["data"],
+                    "properties": {"event": {"type": "string"}, "data": {"type": "string"}}}
 
 
 def sse_data(obj: dict[str, Any]) -> bytes:

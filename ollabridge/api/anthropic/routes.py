@@ -13,7 +13,7 @@ from ollabridge.api.anthropic import convert
 from ollabridge.api.anthropic.protocol import CountTokensRequest, AnthropicError, Message, MessagesRequest, TokenCount
 from ollabridge.api.anthropic.sse import MessageSSE
 from ollabridge.api.sse_response import SSEResponse
-from ollabridge.api.streaming import collect, unless_gone
+from ollabridge.api.streaming import SSE_EVENT_SCHEMA, collect, unless_gone
 from ollabridge.edge import context as edge
 
 router = APIRouter(tags=["Anthropic"])
@@ -24,7 +24,7 @@ _EVENTS = ("An Anthropic `message`, or with `stream: true` its events: message_s
 
 
 @router.post("/v1/messages", response_model=Message, responses={
-    **_ERRORS, 200: {"description": _EVENTS, "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+    **_ERRORS, 200: {"description": _EVENTS, "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}}})
 async def messages(body: MessagesRequest, request: Request):
     """Chat with any served model as Claude Code and the Anthropic SDKs do (streamed or not)."""
     gateway = request.app.state.gateway

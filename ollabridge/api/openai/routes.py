@@ -9,11 +9,11 @@ from fastapi.responses import JSONResponse
 from ollabridge.api.openai import completions, convert, responses_convert
 from ollabridge.api.openai.sse import ChatSSE
 from ollabridge.api.sse_response import SSEResponse
-from ollabridge.api.openai.protocol import (ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
+from ollabridge.api.openai.protocol import (ChatCompletion, ChatCompletionRequest,
                                             EmbeddingRequest, EmbeddingResponse, ErrorResponse, ModelList)
 from ollabridge.api.openai.responses_protocol import Response, ResponsesRequest
 from ollabridge.api.openai.responses_sse import ResponseSSE
-from ollabridge.api.streaming import collect, unless_gone
+from ollabridge.api.streaming import SSE_EVENT_SCHEMA, collect, unless_gone
 from ollabridge.edge import context as edge
 from ollabridge.errors import ModelNotFound
 from ollabridge.gateway import Gateway
@@ -31,7 +31,7 @@ def _gateway(request: Request) -> Gateway:
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses={
     **_ERRORS, 200: {"description": "A chat.completion, or with `stream: true` an SSE stream of "
                      "chat.completion.chunk events ending in `data: [DONE]`.",
-                     "content": {"text/event-stream": {"schema": ChatCompletionChunk.model_json_schema()}}}})
+                     "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}}})
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     """Chat with any served model, streamed (SSE) or not."""
     gateway = _gateway(request)
@@ -52,7 +52,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 @router.post("/v1/responses", response_model=Response, responses={
     **_ERRORS, 200: {"description": "A Response, or with `stream: true` its typed SSE events (response.created "
                      "... response.completed, or response.failed), each with a sequence_number.",
-                     "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+                     "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}}})
 async def responses(body: ResponsesRequest, request: Request):
     """The Responses API, stateless as Ollama serves it (what Codex CLI speaks)."""
     gateway = _gateway(request)
@@ -69,7 +69,7 @@ async def responses(body: ResponsesRequest, request: Request):
 
 @router.post("/v1/completions", response_model=completions.Completion, responses={
     **_ERRORS, 200: {"description": "A text_completion, or with `stream: true` an SSE stream of them ending "
-                     "in `data: [DONE]`.", "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+                     "in `data: [DONE]`.", "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}}})
 async def text_completions(body: completions.CompletionRequest, request: Request):
     """Legacy completions on Ollama's generate: a prompt, and `suffix` for fill-in-the-middle."""
     gateway = _gateway(request)
