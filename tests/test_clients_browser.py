@@ -22,7 +22,7 @@ import pytest
 
 from tests.procs import free_port
 from tests.relay_support import fake_ollama, gateway
-from tests.ui_helpers import CHROMIUM, Watch, launch
+from tests.ui_helpers import CHROMIUM, Watch, browser  # noqa: F401 - the module's Chromium fixture
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed "
                                 "(apt-get install chromium; tests/run.sh does)")
@@ -94,18 +94,6 @@ def page_server(folder: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = launch(p)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture(scope="module")
