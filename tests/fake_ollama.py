@@ -197,12 +197,22 @@ async def _chat(body: dict[str, Any], receive, send, op: str = "chat") -> None:
     STATS["active"] += 1
     STATS["max_active"] = max(STATS["max_active"], STATS["active"])
     started = time.monotonic()
+    ended = False
+
+    def finish() -> None:
+        """This generation is over once its last object goes out (not when the handler returns, a moment
+        after the client has read it): what `active` and `max_active` count."""
+        nonlocal ended
+        if not ended:
+            ended = True
+            STATS["active"] -= 1
 
     async def generate() -> None:
         if STATE["hang"]:
             await asyncio.Event().wait()
         if not stream:
             await asyncio.sleep(STATE["delay"] * n)
+            finish()
             if call is not None:
                 await _json(send, 200, _final(model, 1, started, "", call))
                 return
@@ -228,6 +238,7 @@ async def _chat(body: dict[str, Any], receive, send, op: str = "chat") -> None:
             await line(_thinking(model, op))
         if call is not None:
             await line({**_chunk(model, 0), "message": {"role": "assistant", "content": "", "tool_calls": [call]}})
+            finish()
             await send({"type": "http.response.body", "body": json.dumps(_final(model, 1, started)).encode() + b"\n",
                         "more_body": False})
             return
@@ -240,6 +251,7 @@ async def _chat(body: dict[str, Any], receive, send, op: str = "chat") -> None:
                 await asyncio.sleep(0)
             await line(_chunk(model, i, op))
             STATS["chunks"] += 1
+        finish()
         await send({"type": "http.response.body", "body": json.dumps(_final(model, n, started, op=op)).encode() + b"\n",
                     "more_body": False})
 
@@ -256,7 +268,7 @@ async def _chat(body: dict[str, Any], receive, send, op: str = "chat") -> None:
         else:
             STATS["cancelled"] += 1
     finally:
-        STATS["active"] -= 1
+        finish()
         for task in (gen, gone):
             task.cancel()
         await asyncio.gather(gen, gone, return_exceptions=True)
