@@ -1,61 +1,81 @@
-"""Command line: `python -m ollabridge <command> ...`.
+"""Command line: `ollabridge <command> ...` (the console script) or `python -m ollabridge <command> ...`.
 
-Commands live in COMMANDS: name -> (help, add_arguments(parser), main(args) -> exit status).
-Add one by adding an entry; imports stay lazy so each command loads only what it needs.
+Commands live in COMMANDS: name -> (one-line help, the module that runs it). Each module has
+`add_arguments(parser)` and `run(args) -> exit status`. Only the chosen command's module is imported, so
+`ollabridge node` loads the agent alone, and the node-only install (`ollabridge-node`, without the
+gateway's modules) says plainly which commands it lacks.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
-from typing import Any, Callable
+from types import ModuleType
 
-
-def _node_arguments(parser: argparse.ArgumentParser) -> None:
-    from ollabridge.node.cli import add_arguments
-
-    add_arguments(parser)
-
-
-def _node_main(args: argparse.Namespace) -> int:
-    from ollabridge.node.cli import main
-
-    return main(args)
-
-
-def _space_arguments(parser: argparse.ArgumentParser) -> None:
-    from ollabridge.space.deploy import add_arguments
-
-    add_arguments(parser)
-
-
-def _space_main(args: argparse.Namespace) -> int:
-    from ollabridge.space.deploy import run
-
-    return run(args)
-
-
-#: name -> (one-line help, add its arguments to a subparser, run it and return the exit status)
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[Any], int]]] = {
+#: name -> (one-line help, module with add_arguments(parser) and run(args))
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("run the gateway (what `python app.py` does): the API, the web UI and the relay on $HOST:$PORT",
+              "ollabridge.serve"),
     "node": ("run a GPU boost node: pair with a gateway by code and serve its requests from this "
-             "machine's Ollama", _node_arguments, _node_main),
+             "machine's Ollama", "ollabridge.node.cli"),
+    "engine": ("run the in-box engine alone: llama.cpp behind Ollama's API (needs the `inbox` extra)",
+               "ollabridge.engine.__main__"),
     "space": ("your own OllaBridge Space on Hugging Face: `space duplicate --to <user>/<name>`, or "
-              "`space stage DIR` to lay out its repository", _space_arguments, _space_main),
+              "`space stage DIR` to lay out its repository", "ollabridge.space.deploy"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ollabridge", description="OllaBridge command line.")
+class CommandUnavailable(Exception):
+    """The command's module (or a library it needs) is not installed here."""
+
+
+def load_command(name: str) -> ModuleType:
+    """The module of command `name`; CommandUnavailable says what to install when it cannot load."""
+    module = COMMANDS[name][1]
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or str(exc)
+        if missing.startswith("ollabridge"):
+            hint = ("this is the node-only install (ollabridge-node); the gateway's commands need the full "
+                    "package: pip install ollabridge")
+        elif name == "engine" and missing.startswith("llama_cpp"):
+            hint = 'the in-box engine needs the inbox extra: pip install "ollabridge[inbox]"'
+        else:
+            hint = "install the full package: pip install ollabridge"
+        raise CommandUnavailable(f"`{name}` cannot run here: {missing} is not installed ({hint})") from exc
+
+
+def _prog() -> str:
+    return "python -m ollabridge" if os.path.basename(sys.argv[0]) == "__main__.py" else "ollabridge"
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser, with the arguments of the command named in `argv` (the others list their help only)."""
+    parser = argparse.ArgumentParser(prog=_prog(), description="OllaBridge command line.")
+    from ollabridge import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (help_text, add_arguments, run) in COMMANDS.items():
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    for name, (help_text, _) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
-        add_arguments(command)
-        command.set_defaults(_run=run)
+        if name == chosen:
+            module = load_command(name)
+            module.add_arguments(command)
+            command.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser(argv).parse_args(argv)
+    except CommandUnavailable as exc:
+        print(f"{_prog()}: {exc}", file=sys.stderr)
+        return 2
     return int(args._run(args) or 0)
 
 

@@ -1,4 +1,4 @@
-"""`python -m ollabridge node`: its flags (`add_arguments`) and what it runs (`main`).
+"""`python -m ollabridge node`: its flags (`add_arguments`) and what it runs (`run`).
 
     python -m ollabridge node --cloud https://<space>.hf.space [--ollama URL] [--name N] [--slots K]
 
@@ -42,7 +42,7 @@ def add_arguments(parser: Any) -> None:
                         help="seconds between checks of the local model list (default 10)")
 
 
-def main(args: Any) -> int:
+def run(args: Any) -> int:
     logging.basicConfig(level=os.environ.get("OLLABRIDGE_LOG_LEVEL", "info").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     logging.getLogger("httpx").setLevel(logging.WARNING)
