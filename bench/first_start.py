@@ -31,6 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.procs import ROOT, free_port, start, stop, wait_until  # noqa: E402
 
+# The network's certificate settings pass through (a TLS-inspecting proxy's CA is the network's, not
+# the machine's state); nothing else of this environment does.
+TRUST = ("SSL_CERT_FILE", "SSL_CERT_DIR", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTPS_PROXY",
+         "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy")
 PYTHON_DIR = Path(os.path.realpath(shutil.which("python3.11") or sys.executable)).parent
 
 
@@ -47,7 +51,8 @@ def fresh_env(work: Path, **extra: str) -> dict[str, str]:
     for path in dirs.values():
         path.mkdir()
     path = f"{PYTHON_DIR}:/usr/local/bin:/usr/bin:/bin"  # python3.11 itself, not a shim needing the old HOME
-    return {"PATH": path, "HOME": str(dirs["home"]), "XDG_CACHE_HOME": str(dirs["cache"]),
+    trust = {name: os.environ[name] for name in TRUST if name in os.environ}
+    return {**trust, "PATH": path, "HOME": str(dirs["home"]), "XDG_CACHE_HOME": str(dirs["cache"]),
             "PIP_CACHE_DIR": str(dirs["pip-cache"]), "UV_CACHE_DIR": str(dirs["uv-cache"]),
             "PIP_CONFIG_FILE": "/dev/null", "LANG": "C.UTF-8", **extra}
 

@@ -464,7 +464,7 @@ def engine_available() -> str | None:
     if not (ROOT / "ollabridge" / "engine" / "__main__.py").exists():
         return "the in-box engine (`python -m ollabridge.engine`) is not in the tree"
     if subprocess.run([PY, "-c", "import llama_cpp"], capture_output=True).returncode != 0:
-        return "llama-cpp-python is not installed (requirements-inbox.txt)"
+        return "llama-cpp-python is not installed (the inbox extra)"
     return None
 
 

@@ -29,10 +29,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
-echo "== installing requirements-dev.txt (llama-cpp-python builds from source once, ~10 min on 2 cores)"
+# The tests' set, exact versions from requirements-dev.lock (tools/refresh-locks.sh), installed by uv
+# (pinned in that lock too), and the package itself, editable. llama-cpp-python builds from source once;
+# uv caches the wheel (~/.cache/uv), so later runs take seconds.
+uv_pin=$(sed -n 's/^\(uv==[^ ;]*\).*/\1/p' requirements-dev.lock)
+echo "== installing requirements-dev.lock with $uv_pin (a first run builds llama-cpp-python: minutes)"
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2}
-python -m pip install -q --upgrade pip >/dev/null
-python -m pip install -q -r requirements-dev.txt
+python -m pip install -q "$uv_pin"
+python -m uv pip install -q -r requirements-dev.lock -e .
 
 # The CLIs the client tests run (Claude Code, Codex), pinned by tests/js/package-lock.json: `npm ci`
 # into tests/js/node_modules only when it is missing or the lock changed since the last install.

@@ -39,7 +39,7 @@ def test_quick_benchmark_completes_and_measures_every_figure(tmp_path):
         assert name in figures, f"figure {name} missing from the JSON"
         if name == "6_engine" and not engine_installed:
             assert figures[name] == {"status": "todo",
-                                     "reason": "llama-cpp-python is not installed (requirements-inbox.txt)"}
+                                     "reason": "llama-cpp-python is not installed (the inbox extra)"}
         else:
             assert figures[name]["status"] == "measured", figures[name]
     f1, f2, f3, f4, f5 = (figures[k] for k in FIGURES[:5])

@@ -17,6 +17,7 @@ import httpx
 import nbformat
 from nbclient import NotebookClient
 
+from ollabridge import __version__
 from tests.conftest import gateway_env
 from tests.procs import ROOT, free_port, running
 
@@ -30,7 +31,7 @@ def test_notebook_is_valid_and_documents_the_switch():
     text = "\n".join(cell.source for cell in nb.cells)
     assert 'SPACE_URL = "https://YOUR-NAME-ollabridge.hf.space"' in text
     assert "OLLABRIDGE_NOTEBOOK_CI" in nb.cells[0].source  # documented up front
-    assert "/node/ollabridge.tar.gz" in text and "OLLABRIDGE_UPSTREAMS" in text
+    assert "/node/ollabridge_node-" in text and "--target" in text and "OLLABRIDGE_UPSTREAMS" in text
     assert not any(cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")  # shipped clean
 
 
@@ -93,6 +94,7 @@ def test_notebook_runs_top_to_bottom(engine_url, out_dir, tmp_path, monkeypatch)
     assert "Connected to" in outputs
     assert "This node ci-notebook-node" in outputs and "connected" in outputs
     assert f"gemma3:270m via {gateway}" in outputs
+    assert f"/node/ollabridge_node-{__version__}-py3-none-any.whl in" in outputs  # installed by pip
     assert "Node stopped." in outputs
     # Served by the notebook's node: the gateway itself has no model, and the relay counted the request.
     assert health["relay"]["requests_total"] >= 1

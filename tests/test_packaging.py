@@ -222,3 +222,16 @@ def test_node_installs_from_its_gateway_with_the_agents_dependencies_only(tmp_pa
     subprocess.run([PY, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index", "-w", str(built), str(ROOT / "node")],
                    check=True, capture_output=True, timeout=120)
     assert (built / wheel_name()).read_bytes() == served
+
+
+def test_the_first_command_and_the_test_script_install_from_the_locks():
+    readme = (ROOT / "README.md").read_text()
+    first = re.search(r"## Run it \(first command\)\s+```bash\n(.+?)\n```", readme, re.S).group(1)
+    uv_pin = re.search(r"^(uv==\S+?)\s", (ROOT / "requirements-dev.lock").read_text(), re.M).group(1)
+    assert f"pip install -q {uv_pin} " in first and "uv pip install -r requirements-inbox.lock -e ." in first
+    run_sh = (ROOT / "tests" / "run.sh").read_text()
+    assert "uv pip install -q -r requirements-dev.lock -e ." in run_sh
+    assert "bash tools/refresh-locks.sh" in readme  # how to refresh them
+    from ollabridge.node.package import wheel_name
+
+    assert f"/node/{wheel_name()}" in readme  # the node's one pip command names this version

@@ -24,7 +24,7 @@ STABLE_AFTER = 60.0
 
 
 def engine_installed() -> bool:
-    """The in-box engine needs llama-cpp-python (requirements-inbox.txt)."""
+    """The in-box engine needs llama-cpp-python (the `inbox` extra)."""
     return importlib.util.find_spec("llama_cpp") is not None
 
 
@@ -72,8 +72,9 @@ class EngineProcess:
     async def start(self) -> bool:
         """Start the engine and wait until it answers; False (with `detail`) when it cannot."""
         if not engine_installed():
-            self._fail("llama-cpp-python is not installed; run `pip install -r requirements-inbox.txt`"
-                       " or point OLLAMA_BASE_URL at a running Ollama")
+            self._fail("llama-cpp-python is not installed; install the inbox extra (`uv pip install -r "
+                       "requirements-inbox.lock`, or `pip install \".[inbox]\"`) or point OLLAMA_BASE_URL at a "
+                       "running Ollama")
             return False
         why = await self._launch()
         if why is not None:
