@@ -36,6 +36,8 @@ uv_pin=$(sed -n 's/^\(uv==[^ ;]*\).*/\1/p' requirements-dev.lock)
 echo "== installing requirements-dev.lock with $uv_pin (a first run builds llama-cpp-python: minutes)"
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2}
 python -m pip install -q "$uv_pin"
+# Without the two libraries llama-cpp-python's Python code never loads (tools/llama-cpp-lean.cmake).
+export CMAKE_ARGS=${CMAKE_ARGS:-"-DLLAVA_BUILD=OFF -DCMAKE_PROJECT_llama.cpp_INCLUDE=$PWD/tools/llama-cpp-lean.cmake"}
 python -m uv pip install -q -r requirements-dev.lock -e .
 
 # The CLIs the client tests run (Claude Code, Codex), pinned by tests/js/package-lock.json: `npm ci`

@@ -229,6 +229,8 @@ def test_the_first_command_and_the_test_script_install_from_the_locks():
     first = re.search(r"## Run it \(first command\)\s+```bash\n(.+?)\n```", readme, re.S).group(1)
     uv_pin = re.search(r"^(uv==\S+?)\s", (ROOT / "requirements-dev.lock").read_text(), re.M).group(1)
     assert f"pip install -q {uv_pin} " in first and "uv pip install -r requirements-inbox.lock -e ." in first
+    assert "-DCMAKE_PROJECT_llama.cpp_INCLUDE=$PWD/tools/llama-cpp-lean.cmake" in first
+    assert (ROOT / "tools" / "llama-cpp-lean.cmake").is_file()
     run_sh = (ROOT / "tests" / "run.sh").read_text()
     assert "uv pip install -q -r requirements-dev.lock -e ." in run_sh
     assert "bash tools/refresh-locks.sh" in readme  # how to refresh them
