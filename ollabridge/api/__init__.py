@@ -4,5 +4,5 @@
 - `errors`: errors in the caller's format; `streaming` and `sse_response`: writing router streams
   as NDJSON or SSE (with keep-alives); `openapi`: what /openapi.json documents beyond the routes;
 - `system_routes` (/health, /ollama/status), `device_routes` (pairing), `relay_routes` (the node
-  socket), `node_routes` (the agent tarball), `admin_routes` (API keys, /metrics).
+  socket), `node_routes` (the agent as a wheel and a tarball), `admin_routes` (API keys, /metrics).
 """

@@ -4,7 +4,7 @@ It runs where only the stdlib, httpx and websockets are installed (a Colab node,
 so nothing here imports the gateway's side (FastAPI, pydantic, orjson, gradio). The relay
 protocol both ends speak is `ollabridge.relay.protocol`.
 
-- `cli.py`: `python -m ollabridge node`: its flags (`add_arguments`) and `main`.
+- `cli.py`: `ollabridge node`: its flags (`add_arguments`) and `run`.
 - `agent.py`: `NodeAgent.run`: pair, connect, reconnect with backoff; `Stop` and the exit codes.
 - `credentials.py`: the gateway's URLs (`cloud_http`, `relay_url`) and the saved credential file.
 - `pairing.py`: pairing by code, the node's side of the device flow (`pair`; `Denied`).
@@ -15,6 +15,7 @@ protocol both ends speak is `ollabridge.relay.protocol`.
 - `serving.py`: serving `req` frames from it (`Requests`): slots, credit, chat streams, cancel.
 - `gpu.py`: the GPU's name and memory, from nvidia-smi.
 - `banner.py`: what the user sees: the pairing code in big letters (`big`), plain lines (`say`).
+- `package.py` (not part of the agent): the agent's files, as the `ollabridge-node` wheel and a tarball.
 """
 
 from ollabridge import __version__
