@@ -7,7 +7,8 @@
 temporary folder, a new HOME, XDG_CACHE_HOME, PIP_CACHE_DIR and UV_CACHE_DIR (all empty), no venv,
 PIP_CONFIG_FILE=/dev/null (this machine's pip mirrors are not a fresh machine's), the packages from
 PyPI. The command is the one in README.md's "Run it (first command)" block, run as written by bash;
-the clock stops at the first content chunk of a `stream: true` chat on /ollama/v1/chat/completions.
+`--ref main` measures another commit's own first command (each run reads the clone's README). The
+clock stops at the first content chunk of a `stream: true` chat on /ollama/v1/chat/completions.
 Phases: clone, until the gateway answers /health (venv, installs, start), until the first token.
 """
 
@@ -38,8 +39,8 @@ TRUST = ("SSL_CERT_FILE", "SSL_CERT_DIR", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CUR
 PYTHON_DIR = Path(os.path.realpath(shutil.which("python3.11") or sys.executable)).parent
 
 
-def readme_first_command() -> str:
-    text = (ROOT / "README.md").read_text()
+def readme_first_command(checkout: Path = ROOT) -> str:
+    text = (checkout / "README.md").read_text()
     block = re.search(r"## Run it \(first command\)\s+```bash\n(.+?)\n```", text, re.S)
     if not block:
         raise SystemExit("README.md has no '## Run it (first command)' bash block")
@@ -54,7 +55,7 @@ def fresh_env(work: Path, **extra: str) -> dict[str, str]:
     trust = {name: os.environ[name] for name in TRUST if name in os.environ}
     return {**trust, "PATH": path, "HOME": str(dirs["home"]), "XDG_CACHE_HOME": str(dirs["cache"]),
             "PIP_CACHE_DIR": str(dirs["pip-cache"]), "UV_CACHE_DIR": str(dirs["uv-cache"]),
-            "PIP_CONFIG_FILE": "/dev/null", "LANG": "C.UTF-8", **extra}
+            "PIP_CONFIG_FILE": "/dev/null", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "LANG": "C.UTF-8", **extra}
 
 
 def first_token(gateway: str) -> bool:
@@ -84,7 +85,8 @@ def one_first_start(repo: str, ref: str, log_dir: Path, index: int) -> dict[str,
         subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", ref, repo, str(work / "ollabridge")],
                        check=True, env=env, timeout=600)
         cloned = time.monotonic()
-        proc = subprocess.Popen(["bash", "-c", readme_first_command()], cwd=work / "ollabridge", env=env,
+        command = readme_first_command(work / "ollabridge")
+        proc = subprocess.Popen(["bash", "-c", command], cwd=work / "ollabridge", env=env,
                                 stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
         gateway = f"http://127.0.0.1:{port}"
         try:
@@ -97,7 +99,8 @@ def one_first_start(repo: str, ref: str, log_dir: Path, index: int) -> dict[str,
             token = time.monotonic()
         finally:
             stop(proc)
-        return {"clone_s": cloned - began, "to_health_s": answered - cloned, "to_token_s": token - answered,
+        return {"command": command, "clone_s": cloned - began, "to_health_s": answered - cloned,
+                "to_token_s": token - answered,
                 "total_s": token - began, "load_before": load[0], "load_after": os.getloadavg()[0]}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -136,12 +139,13 @@ def main() -> int:
                                      text=True, check=True).stdout.strip()
     log_dir = args.out.parent
     log_dir.mkdir(parents=True, exist_ok=True)
-    print(f"first command: {readme_first_command()}")
-    results: dict[str, object] = {"command": readme_first_command(), "ref": ref, "nproc": os.cpu_count(),
+    results: dict[str, object] = {"ref": ref, "nproc": os.cpu_count(),
                                   "first_start": [], "node_install_s": []}
     for i in range(args.runs):
         run = one_first_start(args.repo, ref, log_dir, i)
+        results["command"] = run.pop("command")
         results["first_start"].append(run)
+        print(f"first command at {ref}: {results['command']}")
         print(f"run {i + 1}: " + ", ".join(f"{k} {v:.1f}" for k, v in run.items()), flush=True)
     if args.node_runs:
         from ollabridge.node.package import wheel_name

@@ -90,7 +90,8 @@ def test_the_version_is_written_in_one_place():
 
 def test_every_command_has_help():
     listing = subprocess.run([PY, "-m", "ollabridge", "--help"], cwd=ROOT, capture_output=True, text=True)
-    assert listing.returncode == 0 and {"serve", "node", "engine", "space"} <= set(re.findall(r"\b\w+\b", listing.stdout))
+    assert listing.returncode == 0
+    assert {"serve", "node", "engine", "space"} <= set(re.findall(r"\b\w+\b", listing.stdout))
     for name in COMMANDS:
         done = subprocess.run([PY, "-m", "ollabridge", name, "--help"], cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 0 and done.stdout.startswith("usage: python -m ollabridge " + name), done.stderr
