@@ -16,6 +16,7 @@ under a folder of the test's own) and a `python:3.11-slim` stand-in made with de
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -78,10 +79,16 @@ def base_rootfs(cache: Path) -> Path:
     mirror = apt_mirror()
     key = hashlib.sha256(json.dumps([SUITE, PACKAGES, mirror]).encode()).hexdigest()[:16]
     done = cache / f"{SUITE}-{key}"
-    if (done / "usr" / "bin" / "python3").exists():
-        return done
     cache.mkdir(parents=True, exist_ok=True)
-    partial = cache / f"{done.name}.partial"
+    with open(cache / ".lock", "w") as lock:  # one build at a time when two test runs share the cache
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (done / "usr" / "bin" / "python3").exists():
+            _debootstrap(mirror, done)
+    return done
+
+
+def _debootstrap(mirror: str, done: Path) -> None:
+    partial = done.with_name(f"{done.name}.partial")
     root = as_root()
     subprocess.run([*root, "rm", "-rf", str(partial)], check=True)
     result = subprocess.run([*root, DEBOOTSTRAP, "--variant=minbase", f"--include={','.join(PACKAGES)}",
@@ -89,7 +96,6 @@ def base_rootfs(cache: Path) -> Path:
     if result.returncode != 0:
         raise RuntimeError(f"debootstrap {SUITE} from {mirror} failed:\n{result.stdout[-3000:]}{result.stderr}")
     subprocess.run([*root, "mv", str(partial), str(done)], check=True)
-    return done
 
 
 class Buildah:
