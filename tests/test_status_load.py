@@ -217,3 +217,15 @@ def test_a_caller_with_an_api_key_is_shown_by_the_keys_name(env):
     assert seen.health["queue"]["by_caller"] == {"key:batch-app": 1}
     assert 'ollabridge_queue_waiting_by_caller{caller="key:batch-app"} 1.0' in seen.metrics
     assert minted["key"] not in str(seen.health) + seen.metrics
+
+
+def test_the_charts_draw_each_backend_and_escape_the_names_nodes_choose():
+    from ollabridge.ui.chart import history_charts
+    samples = [{"at": 100.0 + i, "tokens_per_s": {"<b>x</b>": float(i), "cpu": 1.0}, "in_flight": i, "queued": 0}
+               for i in range(4)]
+    page = history_charts({"period_s": 1.0, "window_s": 900.0, "samples": samples}, now=103.0)
+    assert "<b>x</b>" not in page and 'data-series="&lt;b&gt;x&lt;/b&gt;"' in page
+    assert 'data-series="cpu" data-points="4" data-last="1" data-max="1"' in page
+    assert 'data-series="in flight" data-points="4" data-last="3" data-max="3"' in page
+    assert "−60 s" in page  # a gateway younger than the window: the last minute, not 15 empty ones
+    assert "no data yet" in history_charts({"period_s": 1.0, "window_s": 900.0, "samples": []}, now=0.0)
