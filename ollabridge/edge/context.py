@@ -15,6 +15,9 @@ from typing import Any, AsyncIterator
 # answered. No HTTP client can set it (servers fill `extensions` themselves).
 SERVED_EXTENSION = "ollabridge.served"
 
+#: Client addresses of this machine (the owner, a local app, the bench).
+LOOPBACK = ("127.", "::1", "::ffff:127.")
+
 
 class RequestContext:
     """One request as the edge sees it; routes find it at `request.scope["ollabridge"]`."""
