@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(8.0, validation_alias="OLLABRIDGE_SHUTDOWN_TIMEOUT")
     metrics: Literal["1", "0", "admin"] = Field("1", validation_alias="OLLABRIDGE_METRICS")
     log_content: bool = Field(False, validation_alias="OLLABRIDGE_LOG_CONTENT")
+    # Several replicas: the Redis that holds their shared state (keys, pairings, device codes, the
+    # generated admin token, rate limits, lock-outs); empty: the data dir's SQLite file (one replica).
+    redis_url: str = Field("", validation_alias="OLLABRIDGE_REDIS_URL")
     # Models the gateway pulls into Ollama in the background after it starts (comma-separated).
     # Empty here so that a local run never downloads by surprise; start.sh (the Space) defaults it to
     # qwen2.5:1.5b. Ignored while the in-box engine serves.

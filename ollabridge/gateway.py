@@ -17,6 +17,7 @@ from ollabridge.relay.hub import RelayHub
 from ollabridge.routing import Router
 from ollabridge.routing.stall import StallPolicy
 from ollabridge.stats_history import StatsHistory
+from ollabridge.store import open_state
 from ollabridge.status import StatusViews
 
 
@@ -38,20 +39,24 @@ class Gateway:
                                   after=lambda: wait_until_serving(settings.host, settings.port),
                                   connect_timeout=settings.connect_timeout)
         self.engine = EngineMode(settings, self.ollama, self.router, self.puller)
+        # Keys, pairings, device codes, the admin token, rate budgets and lock-outs: in the data dir, or
+        # on Redis shared by every replica (OLLABRIDGE_REDIS_URL; ollabridge/store/).
+        self.state = open_state(settings.data_path, settings.redis_url)
         # Wrong admin tokens, API keys and device codes, per client address (one guard for all of them).
         self.guesses = Guesses(settings.guess_limit, settings.guess_lockout,
-                               on_refuse=lambda: self.metrics.limited("ip", "guesses"))
+                               on_refuse=lambda: self.metrics.limited("ip", "guesses"), shared=self.state.ledger)
         # GPU nodes: the device-pairing service (owner approves by code) and the relay hub.
         self.pairing = PairingService(settings.data_path, settings.admin_token, settings.public_url,
                                       interval=settings.device_interval, starts_per_minute=settings.device_rate,
-                                      max_pending=settings.device_max_pending, guesses=self.guesses)
+                                      max_pending=settings.device_max_pending, guesses=self.guesses,
+                                      state=self.state)
         self.hub = RelayHub(self.router, self.pairing, heartbeat_s=settings.relay_heartbeat_s,
                             max_frame=settings.relay_max_frame, first_token_timeout=settings.first_token_timeout,
                             idle_timeout=settings.idle_timeout)
         self.pairing.hub = self.hub
         # The request edge (ollabridge/edge/): keys, limits, requests in flight and the drain, metrics.
-        self.keys = ApiKeys(settings.data_path, settings.api_keys, self.pairing.is_admin)
-        self.limiter = RateLimiter()
+        self.keys = ApiKeys(settings.data_path, settings.api_keys, self.pairing.is_admin, state=self.state)
+        self.limiter = RateLimiter(shared=self.state.budget)
         self.drain = Drain()
         self.metrics = Metrics(self)
         # The Status tab's last 15 minutes: tokens/s per backend, requests in flight, the queue.
@@ -81,3 +86,4 @@ class Gateway:
         await self.router.close()
         self.pairing.close()
         self.keys.close()
+        self.state.close()

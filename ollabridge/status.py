@@ -99,7 +99,9 @@ class StatusViews:
 
     async def health(self) -> dict[str, Any]:
         """ok or degraded, each backend with its models and measured speed, the engine, the relay, the
-        requests in flight, the queue per caller, the streams resumed and stalls noticed, and the pulls."""
+        requests in flight, the queue per caller, the streams resumed and stalls noticed, the pulls, and
+        the shared state (`redis`: None, or its url, whether it is connected and why not; degraded while
+        it is not)."""
         gw = self.gateway
         backends = gw.router.backends
         checks = await asyncio.gather(*(b.health() for b in backends))
@@ -109,11 +111,13 @@ class StatusViews:
         await asyncio.gather(*(b.models(0) for b in changed))
         entries = [{**backend.describe(), "healthy": check.ok, "detail": check.detail}
                    for backend, check in zip(backends, checks)]
-        status = "ok" if entries and all(e["healthy"] for e in entries) else "degraded"
+        shared = gw.state.health()
+        redis_down = shared.get("redis") is not None and not shared["redis"]["connected"]
+        status = "ok" if entries and all(e["healthy"] for e in entries) and not redis_down else "degraded"
         return redact({"status": status, "version": __version__,
                        "uptime_s": round(time.time() - self.started_at, 1), "engine": gw.engine.info(),
                        "backends": entries, "relay": self.relay(), **self.load(),
-                       "pulls": gw.puller.snapshot()})
+                       "pulls": gw.puller.snapshot(), "shared_state": shared})
 
     async def status(self, nodes: bool = True) -> dict[str, Any]:
         """The gateway's Ollama (reachable, version, pulled and loaded models), engine, upstreams, and

@@ -126,7 +126,7 @@ class EdgeMiddleware:
                 if key is None:
                     gw.metrics.auth_failures += 1
                     # Requests without a valid key spend the address's budget too.
-                    retry = gw.limiter.take("ip:" + ctx.client, self.rpm)
+                    retry = await gw.limiter.spend("ip:" + ctx.client, self.rpm)
                     if retry:
                         gw.metrics.limited("ip", "rpm")
                         await refuse(429, f"Rate limit reached: {self.rpm} requests a minute from this address. "
@@ -157,7 +157,7 @@ class EdgeMiddleware:
                 ident, scope_name, rpm, streams = "ip:" + ctx.client, "ip", 0, 0
             else:
                 ident, scope_name, rpm, streams = "ip:" + ctx.client, "ip", self.rpm, self.streams
-            retry = gw.limiter.take(ident, rpm)
+            retry = await gw.limiter.spend(ident, rpm)
             if retry:
                 gw.metrics.limited(scope_name, "rpm")
                 who = "this key" if key is not None else "this address"
