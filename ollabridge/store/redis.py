@@ -25,6 +25,7 @@ from typing import Any, Callable
 import redis
 import redis.asyncio
 from redis.backoff import NoBackoff
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.retry import Retry
 
 from ollabridge.store.base import StateUnavailable
@@ -33,8 +34,8 @@ from ollabridge.store.redis_records import PREFIX, RedisCodes, RedisKeys, RedisN
 log = logging.getLogger("ollabridge.store.redis")
 
 CHANNEL = PREFIX + "events"
-_OPTIONS = dict(decode_responses=True, socket_timeout=1.0, socket_connect_timeout=0.5,
-                retry=Retry(NoBackoff(), 1), client_name="ollabridge")
+# One retry: the first command on a pooled connection that a Redis restart closed reconnects at once.
+_OPTIONS = dict(decode_responses=True, socket_timeout=1.0, socket_connect_timeout=0.5, client_name="ollabridge")
 
 GCRA = """
 local t = redis.call('TIME')
@@ -80,7 +81,7 @@ class RedisState:
     def __init__(self, url: str, replica: str | None = None) -> None:
         self.url = url
         self.replica = replica or f"{os.uname().nodename}-{os.getpid()}-{secrets.token_hex(3)}"
-        self.sync = redis.Redis.from_url(url, **_OPTIONS)
+        self.sync = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 1), **_OPTIONS)
         self.connected = False
         self.detail = "not connected yet"
         self._subscribers: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
@@ -222,7 +223,7 @@ class RedisBudget:
         if not self.state.connected:
             raise StateUnavailable("Redis is down")
         if self._client is None:
-            self._client = redis.asyncio.Redis.from_url(self.state.url, **_OPTIONS)
+            self._client = redis.asyncio.Redis.from_url(self.state.url, retry=AsyncRetry(NoBackoff(), 1), **_OPTIONS)
             self._script = self._client.register_script(GCRA)
         try:
             return int(await self._script(keys=[PREFIX + "rate:" + ident], args=[rpm]))
