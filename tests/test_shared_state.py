@@ -162,12 +162,17 @@ async def test_redis_down_keeps_what_is_held_and_says_so(tmp_path: Path, server:
     assert keys.mint("after")["name"] == "after"
 
 
-def test_a_replica_starting_while_redis_is_down_keeps_the_api_closed(tmp_path: Path) -> None:
+def test_a_replica_starting_while_redis_is_down_starts_with_the_api_and_admin_closed(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     state = RedisState(url)
     try:
         keys = ApiKeys(tmp_path, [], is_admin=lambda token: False, state=state)
         keys.open()
         assert keys.enabled and keys.check("obk_anything") is None  # not open by accident
+        pairing = PairingService(tmp_path, state=state)  # no OLLABRIDGE_ADMIN_TOKEN: it lives in Redis
+        pairing.open()
+        assert pairing.admin_token == "" and not pairing.is_admin("")
+        with pytest.raises(StateUnavailable):
+            pairing.start("gpu")
     finally:
         state.close()

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from ollabridge.edge.guesses import Guesses
 from ollabridge.errors import GatewayError
 from ollabridge.store import open_state
+from ollabridge.store.base import StateUnavailable
 from ollabridge.store.sqlite import OpensStore, iso
 
 log = logging.getLogger("ollabridge.pairing")
@@ -161,7 +162,10 @@ class PairingService(OpensStore[Any]):
                 self._store = self._state.nodes()
                 self._state.subscribe("node_revoked", lambda event: self._revoked(event["node_id"]))
             if self._admin is None:
-                self._admin = self._env_admin or self._generated_admin_token()
+                try:
+                    self._admin = self._env_admin or self._generated_admin_token()
+                except StateUnavailable as exc:  # asked again at the next admin check
+                    log.warning("admin token not read (%s): admin actions are refused until it is", exc)
 
     def _generated_admin_token(self) -> str:
         token, created = self._state.admin_token()
