@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 
 from ollabridge.config import Settings
+from ollabridge.errors import GatewayError
 from ollabridge.gateway import Gateway
 from ollabridge.ui.chart import history_charts
 
@@ -57,7 +58,10 @@ def node_rows(gateway: Gateway, live: list[dict[str, Any]]) -> list[list[Any]]:
     from ollabridge.ui.pair import gpu_text, when
 
     by_id = {n.get("node_id"): n for n in live or []}
-    paired = gateway.pairing.nodes() if gateway.pairing is not None else []
+    try:
+        paired = gateway.pairing.nodes() if gateway.pairing is not None else []
+    except GatewayError:  # the shared state (Redis) is down: the live nodes only
+        paired = []
     rows: list[list[Any]] = []
     for node in paired + [n for n in live or [] if n.get("node_id") not in {p.get("node_id") for p in paired}]:
         info = {**node, **by_id.get(node.get("node_id"), {})}
