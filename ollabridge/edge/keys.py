@@ -91,10 +91,13 @@ class ApiKeys(OpensStore[Any]):
             log.warning("API keys not reloaded: %s", exc)
 
     def _load(self) -> None:
-        self._minted = {row["key_hash"]: Key(id=row["key_id"], name=row["name"], source="minted", rpm=row["rpm"],
-                                             streams=row["streams"], weight=row["weight"] or 1.0)
-                        for row in self.store.live()}
+        self._minted = {row["key_hash"]: self._key(row) for row in self.store.live()}
         self._ever_loaded, self._missing = True, False
+
+    @staticmethod
+    def _key(row: dict[str, Any]) -> Key:
+        return Key(id=row["key_id"], name=row["name"], source="minted", rpm=row["rpm"], streams=row["streams"],
+                   weight=row["weight"] or 1.0)
 
     # -- the per-request check ---------------------------------------------------------------
     @property
@@ -102,11 +105,23 @@ class ApiKeys(OpensStore[Any]):
         return bool(self._env or self._minted or self._missing)
 
     def check(self, secret: str) -> Key | None:
-        """The key this secret is, or None (also for the admin token, which is never a key)."""
+        """The key this secret is, or None (also for the admin token, which is never a key). A secret
+        not in memory is looked up once in the store: a key another replica minted a moment ago
+        works at once, before its event arrives (wrong secrets are few: edge/guesses.py limits them)."""
         digest = hashlib.sha256(secret.encode()).hexdigest()
-        key = self._minted.get(digest) or self._env.get(digest)
+        key = self._minted.get(digest) or self._env.get(digest) or self._fresh(digest)
         if key is None or self._is_admin(secret):
             return None
+        return key
+
+    def _fresh(self, digest: str) -> Key | None:
+        try:
+            row = self.store.by_hash(digest)
+        except StateUnavailable:
+            return None
+        if row is None or row["revoked"] is not None:
+            return None
+        key = self._minted[digest] = self._key(row)
         return key
 
     def name_of(self, key_id: str) -> str | None:

@@ -2,8 +2,8 @@
 
 Records are plain dicts, shaped like the SQLite rows (`None` for an unset column):
 
-- keys: `add(key_id, name, secret, rpm, streams, weight) -> row`, `get(key_id)`, `live()`,
-  `revoke(key_id) -> bool`; a row has key_id, name, key_hash, prefix, created, revoked, rpm, streams,
+- keys: `add(key_id, name, secret, rpm, streams, weight) -> row`, `get(key_id)`, `by_hash(sha256)`,
+  `live()`, `revoke(key_id) -> bool`; a row has key_id, name, key_hash, prefix, created, revoked, rpm, streams,
   weight.
 - nodes: `add(node_id, name, token, approved_from)`, `by_token(token)` (revoked ones too), `get(node_id)`,
   `list(include_revoked=False)`, `seen(node_id, agent=, models=, capabilities=)`, `revoke(node_id) -> bool`.

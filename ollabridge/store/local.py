@@ -68,6 +68,9 @@ class KeyStore(SQLiteStore):
     def live(self) -> list[dict[str, Any]]:
         return self._all("SELECT * FROM api_keys WHERE revoked IS NULL ORDER BY created")
 
+    def by_hash(self, digest: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM api_keys WHERE key_hash = ?", (digest,))
+
     def revoke(self, key_id: str) -> bool:
         return self._exec("UPDATE api_keys SET revoked = ? WHERE key_id = ? AND revoked IS NULL",
                           (time.time(), key_id)) > 0

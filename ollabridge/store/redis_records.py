@@ -79,6 +79,10 @@ class RedisKeys:
         raw = self.state.call(lambda: self.state.sync.hgetall(PREFIX + "key:" + key_id))
         return _load(raw, KEY_TYPES, self.COLUMNS)
 
+    def by_hash(self, digest: str) -> dict[str, Any] | None:
+        key_id = self.state.call(lambda: self.state.sync.get(PREFIX + "keyhash:" + digest))
+        return self.get(key_id) if key_id else None
+
     def live(self) -> list[dict[str, Any]]:
         def read() -> list[dict[str, str]]:
             ids = self.state.sync.zrange(PREFIX + "keys", 0, -1)
