@@ -2,8 +2,9 @@
 
 Minted keys (`obk_` + 256 random bits) are shown once and stored only as SHA-256 hashes in the
 shared state (`ollabridge.store.open_state`: the data dir's `ollabridge.db`, or Redis for several
-replicas). Every key lives in memory too, by hash, so checking one costs a hash and a dict lookup;
-a key minted or revoked on another replica reloads that copy within a second (the state's
+replicas). Every key lives in memory too, by hash, so checking one costs a hash and a dict lookup (a secret
+not there is looked up once in the store: a key just minted on another replica works at once); a
+key minted or revoked on another replica reloads that copy within a second (the state's
 "keys_changed" event, and "resync" after Redis comes back). While Redis is down the keys already
 loaded keep working; with Redis down from the start the API stays closed to all but
 OLLABRIDGE_API_KEYS (never open by accident). With no key configured and none minted the API is
