@@ -27,7 +27,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, out_dir: Path):
         redis = stack.enter_context(RedisServer(tmp / "redis"))
         ollama = stack.enter_context(fake_ollama(out_dir, "m:1b"))
         urls = [stack.enter_context(gateway(out_dir, tmp / f"replica-{i}", ollama,
-                                            OLLABRIDGE_REDIS_URL=redis.url, OLLABRIDGE_API_KEYS="sk-env"))
+                                            OLLABRIDGE_REDIS_URL=redis.url, OLLABRIDGE_API_KEYS="sk-env",
+                                            OLLABRIDGE_FORWARDED_HOPS="1"))
                 for i in range(3)]  # (a key from the environment keeps the API closed when none is minted)
         yield redis, urls
 
@@ -95,6 +96,18 @@ def test_sixty_requests_a_minute_in_total_over_two_replicas(cluster) -> None:
     assert {code for codes in answers.values() for code in codes} == {200, 429}
     assert 60 <= ok <= 60 + int(elapsed) + 1, (ok, elapsed)  # a replica alone would let 60 through
     assert all(codes.count(200) >= 20 for codes in answers.values())
+
+
+def test_wrong_admin_tokens_on_two_replicas_lock_the_address_out_on_the_third(cluster) -> None:
+    _, (a, b, c) = cluster
+    guesser = {"X-Forwarded-For": "203.0.113.9"}  # (OLLABRIDGE_FORWARDED_HOPS=1: the address it names)
+    wrong = {**guesser, "Authorization": "Bearer not-the-admin-token"}
+    codes = [httpx.get(f"{gw}/admin/keys", headers=wrong, timeout=5).status_code for gw in [a, b] * 5]
+    assert codes == [401] * 10  # OLLABRIDGE_GUESS_LIMIT: 10 a minute, counted over the replicas
+    right = {**guesser, **AUTH}
+    within(1.0, lambda: httpx.get(f"{c}/admin/keys", headers=right, timeout=5).status_code == 429,
+           "the lock-out on c, the right token refused too")
+    assert httpx.get(f"{c}/admin/keys", headers=AUTH, timeout=5).status_code == 200  # another address
 
 
 def test_redis_restarted_keeps_every_key_and_the_replicas_reconnect(cluster) -> None:
