@@ -98,6 +98,9 @@ def test_wrong_secrets_on_one_replica_lock_the_address_out_on_the_other(replicas
         return False
     wait_until(b_refuses_the_right_one, 1.0, "the lock-out on replica b")
     assert b.guard("8.8.8.8", True)  # another address
+    replicas.append(RedisState(replicas[0].url))  # a replica started after the lock-out refuses it too
+    with pytest.raises(TooManyGuesses):
+        Guesses(limit=4, lockout=60, shared=replicas[-1].ledger).guard("9.9.9.9", True)
 
 
 def test_a_node_revoked_on_one_replica_is_kicked_by_the_one_holding_it(tmp_path: Path,

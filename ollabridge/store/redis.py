@@ -49,8 +49,9 @@ redis.call('SET', KEYS[1], string.format('%.6f', new), 'PX', math.ceil((new - no
 return 0
 """
 
-# KEYS: the address's wrong tries (a sorted set), its record (until, strikes). ARGV: limit, lockout,
-# window, max lockout, a unique member. Returns {0, 0} counted, {1, s} locked now for s seconds,
+# KEYS: the address's wrong tries (a sorted set), its record (until, strikes), the addresses locked out
+# (a sorted set by the Unix time their lock ends). ARGV: limit, lockout, window, max lockout, a unique
+# member, the address. Returns {0, 0} counted, {1, s} locked now for s seconds,
 # {2, s} already locked for s more seconds.
 WRONG = """
 local t = redis.call('TIME')
@@ -68,6 +69,8 @@ if redis.call('ZCARD', KEYS[1]) >= limit then
   local lock = math.min(max, lockout * 2 ^ strikes)
   redis.call('HSET', KEYS[2], 'until', now + lock, 'strikes', strikes + 1)
   redis.call('EXPIRE', KEYS[2], math.ceil(lock + max))
+  redis.call('ZADD', KEYS[3], now + lock, ARGV[6])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   return {1, tostring(lock)}
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HSET', KEYS[2], 'strikes', strikes) end
@@ -239,13 +242,25 @@ class RedisLedger:
         self.state = state
 
     def wrong(self, client: str, limit: int, lockout: float, window: float, max_lockout: float) -> tuple[int, float]:
-        keys = [PREFIX + "guess:w:" + client, PREFIX + "guess:s:" + client]
-        args = [limit, lockout, window, max_lockout, f"{time.time()}:{secrets.token_hex(4)}"]
+        keys = [PREFIX + "guess:w:" + client, PREFIX + "guess:s:" + client, PREFIX + "locks"]
+        args = [limit, lockout, window, max_lockout, f"{time.time()}:{secrets.token_hex(4)}", client]
         state, seconds = self.state.call(lambda: self.state._wrong(keys=keys, args=args))
         if int(state) == 1:
             self.state.publish("locked", client=client, seconds=float(seconds))
         return int(state), float(seconds)
 
     def on_locked(self, callback: Callable[[str, float], None]) -> None:
-        """`callback(client, seconds)` when another replica locks an address out."""
+        """`callback(client, seconds)` when another replica locks an address out, and for each address
+        locked now, at once and after every reconnect (a replica started later refuses them too)."""
         self.state.subscribe("locked", lambda event: callback(event["client"], float(event["seconds"])))
+
+        def current(event: Any = None) -> None:
+            try:
+                now = time.time()
+                for client, until in self.state.call(
+                        lambda: self.state.sync.zrangebyscore(PREFIX + "locks", now, "+inf", withscores=True)):
+                    callback(client, until - now)
+            except StateUnavailable:
+                pass
+        self.state.subscribe("resync", current)
+        current()
