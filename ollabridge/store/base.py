@@ -11,7 +11,8 @@ Records are plain dicts, shaped like the SQLite rows (`None` for an unset column
   `by_user(user_code)`, `waiting()`, `update(device_code, **fields)`, and
   `move(device_code, from_status, **fields) -> bool`: the one atomic step of the flow (approve, deny,
   deliver the token), so two replicas can never both hand out a node's token.
-- `admin_token(make) -> (token, created)`: the generated admin token, made by `make()` the first time.
+- `admin_token(make) -> (token, created)`: the generated admin token, made by `make()` the first time;
+  `where()` says where it is kept (for the log).
 - `budget`: None (each replica limits alone) or a shared rate budget with `async take(ident, rpm) -> int`.
 - `ledger`: None or a shared count of wrong secrets with `wrong(client, limit, lockout) -> (state, s)`.
 - `publish(kind, **data)` tells the other replicas; `subscribe(kind, callback)` hears them (never its own).
