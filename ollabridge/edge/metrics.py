@@ -142,6 +142,14 @@ class _Collector:
         probes.add_metric(["alive"], streams["stall_probes_alive"])
         probes.add_metric(["lost"], streams["stalls_lost"])
         yield probes
+        affinity = CounterMetricFamily("ollabridge_affinity",
+                                       "Requests with a conversation: served by the backend holding its prefix (hit), "
+                                       "elsewhere as it was full or slower (yielded), or with none (miss)",
+                                       labels=["result"])
+        affinity.add_metric(["hit"], streams["affinity_hits"])
+        affinity.add_metric(["yielded"], streams["affinity_yielded"])
+        affinity.add_metric(["miss"], streams["affinity_misses"])
+        yield affinity
         stats = gw.hub.stats()
         yield GaugeMetricFamily("ollabridge_nodes_connected", "GPU nodes connected over the relay",
                                 value=stats["nodes_connected"])
