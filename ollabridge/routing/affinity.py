@@ -9,8 +9,9 @@ prefixes of at least `MIN_CHARS` characters count (a shorter one is cheap to eva
 `Affinity` remembers, for each prefix hash, the backend that served it last and when: an LRU of at
 most `MAX_ENTRIES` hashes (each request adds at most `MAX_PREFIXES`, its longest), each forgotten
 after `TTL` seconds. `home(conversation)` is the backend of its longest remembered prefix. The
-choice (slots.py) takes the home only while it has a free slot and its estimated finish is at most
-`SLOWER` (relatively) later than the soonest free backend's; otherwise the request is served as any
+choice (slots.py) takes the home only while it has a free slot and its estimated finish (counted
+without its time to first chunk, which the cached prefix saves) is at most `SLOWER` (relatively)
+later than the soonest free backend's; otherwise the request is served as any
 other (yielded to load). A request that has no home goes, among the equally good free backends, to
 the one given a conversation least recently (`since`), so conversations spread over backends and
 their caches do not evict one another.

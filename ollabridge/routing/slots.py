@@ -19,8 +19,9 @@ order, each slot taken at once on the waiter's behalf, so a newcomer never gets 
 of a request already waiting.
 
 With conversation affinity (`affinity.py`), a request whose conversation has a home (the backend
-that served its longest recent prefix) takes the home while it is free and its estimated finish is
-within `affinity.SLOWER` of the soonest; otherwise the choice above, where among backends equal by
+that served its longest recent prefix) takes the home while it is free and its estimated finish
+(without its time to first chunk, which the cached prefix saves) is within `affinity.SLOWER` of the
+soonest; otherwise the choice above, where among backends equal by
 priority and load the one given a conversation least recently serves.
 """
 
@@ -189,10 +190,11 @@ def _never(_backend: Backend) -> float:
 
 def _near_soonest(home: Backend, free: list[Backend], model: str, expected: int) -> bool:
     """Whether `home`'s estimated finish is within affinity.SLOWER of the soonest of `free` (a home not
-    measured for the model: as soon as the soonest)."""
+    measured for the model: as soon as the soonest). The home's counts without its time to first
+    chunk: its average is mostly prompts evaluated whole, and the cached prefix is what it saves."""
     own = home.stats.speeds.get(model)
     finish = [s.finish_s(expected) for b in free if (s := b.stats.speeds.get(model)) is not None]
-    return own is None or own.finish_s(expected) <= min(finish) * (1 + SLOWER)
+    return own is None or own.finish_s(expected) - own.ttft_s <= min(finish) * (1 + SLOWER)
 
 
 def _soonest(free: list[Backend], model: str, expected: int) -> list[Backend]:
