@@ -9,7 +9,7 @@ bundled Gemma 3 270M by default), each behind a node agent (`python -m ollabridg
 connected to one gateway (`python app.py`, its own Ollama a scripted one without the model), once
 with OLLABRIDGE_AFFINITY=on and once off (a fresh gateway each time, the same engines).
 
-Each conversation has its own system prompt of `--rules` rules (~1,000 tokens at 64) and runs
+Each conversation has its own system prompt of `--rules` rules (~1,000 tokens at the default 42) and runs
 `--turns` turns: a short user message, the engine's real answer (`--tokens` tokens) kept as the
 assistant's. Conversations run two at a time, as many as there are engines, one request at a time
 and interleaved turn by turn (A1 B1 A2 B2 ..., then C and D): a user switching between two chats,
@@ -52,7 +52,7 @@ QUESTIONS = ["Hello, who are you?", "What should I do first?", "Tell me more abo
 
 
 def system_prompt(label: str, rules: int) -> str:
-    """A system prompt of `rules` rules (~16 tokens each), its first words naming the conversation."""
+    """A system prompt of `rules` rules (~24 tokens each), its first words naming the conversation."""
     return f"Conversation {label}. " + " ".join(
         f"Rule {i} for {label}: answer politely, cite the number {i}, and keep it short." for i in range(rules))
 
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--conversations", type=int, default=4)
     parser.add_argument("--turns", type=int, default=4)
-    parser.add_argument("--rules", type=int, default=64, help="rules in each system prompt (~16 tokens each)")
+    parser.add_argument("--rules", type=int, default=42, help="rules in each system prompt (~24 tokens each)")
     parser.add_argument("--tokens", type=int, default=8, help="tokens per answer (num_predict)")
     parser.add_argument("--modes", default="on,off")
     parser.add_argument("--json", type=Path, default=BENCH / "results" / "affinity.json")

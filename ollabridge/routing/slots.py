@@ -21,8 +21,8 @@ of a request already waiting.
 With conversation affinity (`affinity.py`), a request whose conversation has a home (the backend
 that served its longest recent prefix) takes the home while it is free and its estimated finish
 (without its time to first chunk, which the cached prefix saves) is within `affinity.SLOWER` of the
-soonest; otherwise the choice above, where among backends equal by
-priority and load the one given a conversation least recently serves.
+soonest; otherwise the choice above, where among backends equal by priority and load the one
+given a conversation least recently serves.
 """
 
 from __future__ import annotations
