@@ -1,7 +1,8 @@
 """Conversation affinity with real tokens: two in-box engines (llama.cpp) as two GPU nodes of one
 gateway. Two conversations with long system prompts, one turn at a time: each later turn goes back to
-the node whose engine still holds its conversation in its KV cache, so its prompt is barely evaluated
-again. Without affinity both conversations land on the first node and evict each other's cache."""
+the node whose engine still holds its conversation in its KV cache (so its prompt is barely evaluated
+again: the time it saves is measured by bench/affinity.py, not here, on a shared machine). Without
+affinity both conversations land on the first node and evict each other's cache."""
 
 from __future__ import annotations
 
@@ -63,9 +64,11 @@ def test_later_turns_reuse_the_engine_that_holds_their_prefix(engine_url: str, s
                 messages += [{"role": "assistant", "content": first[name]["text"]},
                              {"role": "user", "content": "Tell me more."}]
                 later = chat(gw, model, messages)
-                assert later["prompt_eval_count"] > first[name]["prompt_eval_count"]
-                # Its engine held the conversation: only the new turn was evaluated, not the system prompt.
-                assert later["prompt_eval_duration"] * 3 < first[name]["prompt_eval_duration"], (name, later, first)
-            streams = httpx.get(f"{gw}/health").json()["streams"]
+                assert later["text"] and later["prompt_eval_count"] > first[name]["prompt_eval_count"]
+            health = httpx.get(f"{gw}/health").json()
+            # Each conversation stayed on its engine (off: all four on engine-1, evicting each other).
+            assert {b["name"]: b["requests"] for b in health["backends"] if b["kind"] == "node"} \
+                == {"engine-1": 2, "engine-2": 2}
+            streams = health["streams"]
             assert (streams["affinity_hits"], streams["affinity_misses"], streams["affinity_yielded"]) == (2, 2, 0)
             assert 'ollabridge_affinity_total{result="hit"} 2.0' in httpx.get(f"{gw}/metrics").text

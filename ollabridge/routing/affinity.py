@@ -11,7 +11,7 @@ most `MAX_ENTRIES` hashes (each request adds at most `MAX_PREFIXES`, its longest
 after `TTL` seconds. `home(conversation)` is the backend of its longest remembered prefix. The
 choice (slots.py) takes the home only while it has a free slot and its estimated finish (counted
 without its time to first chunk, which the cached prefix saves) is at most `SLOWER` (relatively)
-later than the soonest free backend's; otherwise the request is served as any
+later than the soonest free backend's (once measured on `MEASURED` streams); otherwise the request is served as any
 other (yielded to load). A request that has no home goes, among the equally good free backends, to
 the one given a conversation least recently (`since`), so conversations spread over backends and
 their caches do not evict one another.
@@ -41,6 +41,9 @@ MIN_CHARS = 512
 BLOCK = 1024
 #: The home is taken while its estimated finish is at most this much (relatively) later than the soonest.
 SLOWER = 0.5
+#: Streams of the model a home must have been measured on before it may count as slower (one short
+#: answer's speed is noise: a load spike of a second made a node look three times slower).
+MEASURED = 3
 
 
 @dataclass(frozen=True)

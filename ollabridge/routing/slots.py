@@ -36,7 +36,7 @@ from typing import AsyncIterator
 
 from ollabridge.backends.base import Backend
 from ollabridge.errors import BackendError, NoBackend
-from ollabridge.routing.affinity import SLOWER, Affinity
+from ollabridge.routing.affinity import MEASURED, SLOWER, Affinity
 from ollabridge.routing.pool import Pool
 
 #: Estimated finishes this much (relatively) later than the soonest still count as as soon: priority
@@ -189,12 +189,15 @@ def _never(_backend: Backend) -> float:
 
 
 def _near_soonest(home: Backend, free: list[Backend], model: str, expected: int) -> bool:
-    """Whether `home`'s estimated finish is within affinity.SLOWER of the soonest of `free` (a home not
-    measured for the model: as soon as the soonest). The home's counts without its time to first
-    chunk: its average is mostly prompts evaluated whole, and the cached prefix is what it saves."""
+    """Whether `home`'s estimated finish is within affinity.SLOWER of the soonest of `free` (a home
+    measured on fewer than affinity.MEASURED streams of the model: as soon as the soonest). The home's
+    counts without its time to first chunk: its average is mostly prompts evaluated whole, and the
+    cached prefix is what it saves."""
     own = home.stats.speeds.get(model)
+    if own is None or own.samples < MEASURED:
+        return True
     finish = [s.finish_s(expected) for b in free if (s := b.stats.speeds.get(model)) is not None]
-    return own is None or own.finish_s(expected) - own.ttft_s <= min(finish) * (1 + SLOWER)
+    return own.finish_s(expected) - own.ttft_s <= min(finish) * (1 + SLOWER)
 
 
 def _soonest(free: list[Backend], model: str, expected: int) -> list[Backend]:
