@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     stall_after: float = Field(1.0, ge=0, validation_alias="OLLABRIDGE_STALL_AFTER")
     stall_factor: float = Field(8.0, ge=0, validation_alias="OLLABRIDGE_STALL_FACTOR")
     stall_ping: float = Field(1.0, gt=0, validation_alias="OLLABRIDGE_STALL_PING")
+    # A request whose leading messages match a recent one's goes to the backend that served it, while
+    # that one has a free slot and is not much slower (routing/affinity.py).
+    affinity: bool = Field(True, validation_alias="OLLABRIDGE_AFFINITY")
     models_ttl: float = Field(5.0, validation_alias="OLLABRIDGE_MODELS_TTL")
     max_queue: int = Field(64, validation_alias="OLLABRIDGE_MAX_QUEUE")
     queue_timeout: float = Field(60.0, validation_alias="OLLABRIDGE_QUEUE_TIMEOUT")

@@ -28,6 +28,7 @@ class Gateway:
                              max_queue=settings.max_queue, queue_timeout=settings.queue_timeout,
                              aliases=settings.model_aliases, resume=settings.resume,
                              max_resumes=settings.resume_max, expected_tokens=settings.expected_tokens,
+                             affinity=settings.affinity,
                              stall=StallPolicy(settings.stall_after, settings.stall_factor, settings.stall_ping))
         timeouts = dict(connect_timeout=settings.connect_timeout,
                         first_token_timeout=settings.first_token_timeout, idle_timeout=settings.idle_timeout)

@@ -134,7 +134,8 @@ def test_the_queue_per_caller_is_bounded():
 async def test_metrics_show_every_stream_count_and_each_models_speed(tmp_path: Path):
     gw = Gateway(Settings(OLLABRIDGE_DATA_DIR=str(tmp_path), OLLABRIDGE_UI="0"))
     gw.router.stream_stats = lambda: {"resumed": 2, "resume_failed": 1, "stall_probes_alive": 4, "stalls_lost": 3,
-                                      "affinity_hits": 9, "not a metric name": 1, "detail": "text"}
+                                      "affinity_hits": 9, "affinity_yielded": 0,
+                                      "affinity_misses": 5, "widgets_made": 6, "not a metric name": 1, "detail": "text"}
     gw.router.add(gw.ollama)  # as start() adds it
     gw.ollama.measured("qwen:1b", 0.25, 42.0)
     text = gw.metrics.render().decode()
@@ -142,7 +143,9 @@ async def test_metrics_show_every_stream_count_and_each_models_speed(tmp_path: P
                  'ollabridge_stream_resumes_total{result="failed"} 1.0',
                  'ollabridge_stall_probes_total{result="alive"} 4.0',
                  'ollabridge_stall_probes_total{result="lost"} 3.0',
-                 "ollabridge_affinity_hits_total 9.0",
+                 'ollabridge_affinity_total{result="hit"} 9.0',
+                 'ollabridge_affinity_total{result="miss"} 5.0',
+                 "ollabridge_widgets_made_total 6.0",  # a count not named here yet still shows
                  'ollabridge_backend_model_tokens_per_second{backend="ollama",kind="ollama",model="qwen:1b"} 42.0',
                  'ollabridge_backend_model_ttft_seconds{backend="ollama",kind="ollama",model="qwen:1b"} 0.25'):
         assert line in text, line

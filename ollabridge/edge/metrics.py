@@ -177,9 +177,14 @@ class _Collector:
 _BY_RESULT = {"resumed": ("ollabridge_stream_resumes", "resumed"),
               "resume_failed": ("ollabridge_stream_resumes", "failed"),
               "stall_probes_alive": ("ollabridge_stall_probes", "alive"),
-              "stalls_lost": ("ollabridge_stall_probes", "lost")}
+              "stalls_lost": ("ollabridge_stall_probes", "lost"),
+              "affinity_hits": ("ollabridge_affinity", "hit"),
+              "affinity_yielded": ("ollabridge_affinity", "yielded"),
+              "affinity_misses": ("ollabridge_affinity", "miss")}
 _RESULT_DOCS = {"ollabridge_stream_resumes": "Streams lost mid-answer: resumed on another backend, or failed",
-                "ollabridge_stall_probes": "GPU nodes pinged because a stream went silent: alive, or lost"}
+                "ollabridge_stall_probes": "GPU nodes pinged because a stream went silent: alive, or lost",
+                "ollabridge_affinity": "Requests with a conversation: served by the backend holding its prefix "
+                                       "(hit), elsewhere as it was full or slower (yielded), or with none (miss)"}
 _NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 

@@ -15,6 +15,10 @@ stream (`resume.py`: the request that continues it, the chunks that join), at mo
 times per stream, with `resume` on (OLLABRIDGE_RESUME). When it cannot be (off, the bound reached,
 no other backend has the model, a request that cannot be continued) the failure reaches the caller
 as before. Streams on backends that can be probed are timed by the stall watch (`stall.py`).
+
+With conversation affinity on (`affinity.py`), each lease asks first for the backend that served the
+longest recent prefix of the request's conversation, and the backend leased is remembered for it;
+the first lease of each request counts as a hit, a miss or yielded.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, AsyncIterator, Callable, TypeVar
 
 from ollabridge.backends.base import Backend
 from ollabridge.errors import BackendError, NoBackend
+from ollabridge.routing.affinity import conversation
 from ollabridge.routing.pool import Pool
 from ollabridge.routing.resume import Transcript
 from ollabridge.routing.slots import Slots
@@ -89,13 +94,20 @@ class Serving:
         if tried:
             await self._some_can(op, model, tried)
         attempts = 0
+        affinity = self.slots.affinity
+        conv = conversation(segment, sent_body) if affinity is not None else None
         while True:
             backend: Backend | None = None
             sent = False
+            home = affinity.home(conv) if affinity is not None else None
             try:
-                async with self.slots.lease(model, tried, caller, weight, _expected(sent_body)) as backend:
+                async with self.slots.lease(model, tried, caller, weight, _expected(sent_body), home) as backend:
                     attempts += 1
                     tried.add(id(backend))
+                    if affinity is not None:
+                        if attempts == 1:
+                            affinity.count(conv, home, backend)
+                        affinity.served(conv, backend)
                     if served is not None:
                         served.update(backend=backend.name, kind=backend.kind)
                     thinkless = relax_think and "think" in sent_body and (backend.name, model) in self.thinkless
@@ -132,6 +144,7 @@ class Serving:
                         return
                     segment, sent_body = resumed
                     tried = failed | self._cannot(segment)
+                    conv = conversation(segment, sent_body) if affinity is not None else None
                     if served is not None:
                         served["resumed"] = transcript.resumes
                     continue
