@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     # Empty here so that a local run never downloads by surprise; start.sh (the Space) defaults it to
     # qwen2.5:1.5b. Ignored while the in-box engine serves.
     models_raw: str = Field("", validation_alias="OLLABRIDGE_MODELS")
+    # Several replicas (deploy/): the Redis they share state through, and the address the other
+    # replicas reach this one at (they forward requests for the GPU nodes connected here to it).
+    redis_url: str = Field("", validation_alias="OLLABRIDGE_REDIS_URL")
+    replica_url: str = Field("", validation_alias="OLLABRIDGE_REPLICA_URL")
 
     @cached_property
     def upstreams(self) -> list[str]:

@@ -49,10 +49,17 @@ class StatusViews:
         entries = [{**backend.describe(), "healthy": check.ok, "detail": check.detail}
                    for backend, check in zip(backends, checks)]
         status = "ok" if entries and all(e["healthy"] for e in entries) else "degraded"
-        return redact({"status": status, "version": __version__,
-                       "uptime_s": round(time.time() - self.started_at, 1), "engine": gw.engine.info(),
-                       "backends": entries, "relay": self.relay(), "streams": gw.router.stream_stats(),
-                       "pulls": gw.puller.snapshot()})
+        answer = {"status": status, "version": __version__,
+                  "uptime_s": round(time.time() - self.started_at, 1), "engine": gw.engine.info(),
+                  "backends": entries, "relay": self.relay(), "streams": gw.router.stream_stats(),
+                  "pulls": gw.puller.snapshot()}
+        if getattr(gw, "presence", None) is not None:  # several replicas: each one seen and the nodes it holds
+            answer["replicas"] = gw.presence.snapshot()
+        return redact(answer)
+
+    def _remote_nodes(self) -> list[dict[str, Any]]:
+        presence = getattr(self.gateway, "presence", None)
+        return presence.remote_nodes() if presence is not None else []
 
     async def status(self, nodes: bool = True) -> dict[str, Any]:
         """The gateway's Ollama (reachable, version, pulled and loaded models), engine, upstreams, and
@@ -60,7 +67,7 @@ class StatusViews:
         gw = self.gateway
         health, version, loaded = await asyncio.gather(gw.ollama.health(), gw.ollama.ollama_version(), gw.ollama.loaded())
         models = await gw.ollama.models(gw.settings.models_ttl)
-        relay = {**self.relay(), "nodes": gw.hub.nodes_status()} if nodes else self.relay()
+        relay = {**self.relay(), "nodes": gw.hub.nodes_status() + self._remote_nodes()} if nodes else self.relay()
         return redact({"ollama": {"reachable": health.ok, "url": gw.settings.ollama_base_url, "version": version,
                                   "detail": health.detail,
                                   "models": [m.get("name") for m in models],

@@ -217,7 +217,8 @@ class Http1Pool:
     """Keep-alive connections to one `http://host:port`, most recently used first."""
 
     def __init__(self, base_url: str, *, connect_timeout: float = 5.0, max_idle: int = 256,
-                 idle_expiry: float = 30.0, user_agent: str = "ollabridge") -> None:
+                 idle_expiry: float = 30.0, user_agent: str = "ollabridge",
+                 headers: dict[str, str] | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http":
             raise ValueError(f"Http1Pool serves plain http:// only, not {base_url!r}")
@@ -229,6 +230,8 @@ class Http1Pool:
         self.idle_expiry = idle_expiry
         self._host_header = parts.netloc.rsplit("@", 1)[-1]
         self._agent = user_agent
+        # Sent with every request (a replica's credential for another replica's internal endpoint).
+        self._extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self._idle: deque[_Conn] = deque()
 
     async def request(self, method: str, path: str, body: bytes, *, timeout: float,
@@ -239,7 +242,7 @@ class Http1Pool:
         Raises OSError (ConnectionError, MalformedResponse) or TimeoutError.
         """
         head = (f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: {self._host_header}\r\n"
-                f"User-Agent: {self._agent}\r\nContent-Type: {content_type}\r\n"
+                f"User-Agent: {self._agent}\r\n{self._extra}Content-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
         while True:
             conn, reused = self._take(), True

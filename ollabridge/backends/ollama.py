@@ -21,7 +21,8 @@ class OllamaBackend(Backend):
     """Speaks Ollama's native API: chat and generate over a lean keep-alive pool for plain http, else httpx."""
 
     def __init__(self, name: str, base_url: str, *, kind: str = "ollama", connect_timeout: float = 5.0,
-                 first_token_timeout: float = 300.0, idle_timeout: float = 120.0) -> None:
+                 first_token_timeout: float = 300.0, idle_timeout: float = 120.0,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(name)
         self.kind = kind
         self.base_url = base_url.rstrip("/")
@@ -30,10 +31,10 @@ class OllamaBackend(Backend):
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(connect=connect_timeout, read=None, write=30.0, pool=None),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256), headers=headers,
         )
         self._pool = (http1.Http1Pool(self.base_url, connect_timeout=connect_timeout,
-                                      user_agent=f"ollabridge/{__version__}")
+                                      user_agent=f"ollabridge/{__version__}", headers=headers)
                        if http1.direct_http(self.base_url) else None)
 
     async def stream(self, op: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:

@@ -36,7 +36,7 @@ GENERATION = frozenset(prefix + path for prefix in ("", "/ollama") for path in (
     "/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages", "/v1/embeddings")) | frozenset({
     "/ollama/api/chat", "/ollama/api/generate", "/ollama/api/embed", "/ollama/api/embeddings"})
 # Other routes that get a log line and metrics (the web UI's own requests get neither).
-OBSERVED = ("/admin/", "/device/", "/health", "/metrics", "/ollama/status", "/node/")
+OBSERVED = ("/admin/", "/device/", "/health", "/metrics", "/ollama/status", "/node/", "/internal/")
 LOOPBACK = ("127.", "::1", "::ffff:127.")
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 

@@ -226,7 +226,7 @@ class Metered:
             self.first = time.monotonic()
         if chunk.get("done"):
             self.finished = True
-            _count_tokens(self.backend, chunk, self.started, self.first, self.model)
+            count_tokens(self.backend, chunk, self.started, self.first, self.model)
             chunk = self.transcript.final(chunk)
             if self.served is not None:
                 self.served["done"] = chunk
@@ -245,7 +245,7 @@ class Metered:
                                  int((now - self.first) * 1e9) if self.first else 0)
 
 
-def _count_tokens(backend: Backend, chunk: dict[str, Any], started: float, first: float, model: str) -> None:
+def count_tokens(backend: Backend, chunk: dict[str, Any], started: float, first: float, model: str) -> None:
     tokens = int(chunk.get("eval_count") or 0)
     backend.stats.tokens += tokens
     duration = chunk.get("eval_duration") or 0
