@@ -1,7 +1,9 @@
 """A real HAProxy (Debian's) on a free loopback port in front of gateway replicas (tests, bench).
 
-The config is deploy/haproxy.cfg's shape: round robin, `/health` checks every 200 ms, WebSocket-
-friendly timeouts (`timeout tunnel`), no retries of a request that reached a replica.
+The config is deploy/haproxy.cfg's shape: round robin (or least connections), `/health` checks every
+500 ms (a replica that refuses connections is out after two; a slow answer is not a failure for 5 s),
+WebSocket-friendly timeouts (`timeout tunnel`), a connection refused retried on another replica
+(`redispatch`; never a request a replica already received), `/internal/` refused from outside.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ defaults
     mode http
     option http-server-close
     timeout connect 2s
+    timeout check 5s
+    retries 2
+    option redispatch
     timeout client 300s
     timeout server 300s
     timeout tunnel 1h
@@ -30,7 +35,7 @@ backend replicas
     balance {balance}
     option httpchk GET /health
     http-check expect status 200
-    default-server inter 200ms fall 2 rise 1
+    default-server inter 500ms fall 2 rise 1
 {servers}
 """
 

@@ -11,8 +11,11 @@ command -v "$PY" >/dev/null || PY=python3
 
 # Debian packages a fresh bookworm machine may lack, each only when what it brings is missing:
 # Chromium for the browser tests (never `playwright install`: it downloads its own build), Node for
-# tests/js/seed_example.mjs, a C/C++ toolchain for llama-cpp-python's build, venv for the .venv.
+# tests/js/seed_example.mjs, a C/C++ toolchain for llama-cpp-python's build, venv for the .venv,
+# Redis and HAProxy for the replica tests (tests/test_replicas.py: three gateways behind HAProxy).
 apt_pkgs=()
+command -v redis-server >/dev/null || apt_pkgs+=(redis-server)
+{ command -v haproxy || [ -x /usr/sbin/haproxy ]; } >/dev/null || apt_pkgs+=(haproxy)
 [ -x /usr/bin/chromium ] || apt_pkgs+=(chromium)
 command -v node >/dev/null || apt_pkgs+=(nodejs)
 command -v npm >/dev/null || apt_pkgs+=(npm)
