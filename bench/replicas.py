@@ -18,7 +18,6 @@ upstream (bench/upstream.py, model `fast`) as its Ollama, and HAProxy (harness/h
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -39,7 +38,7 @@ sys.path.insert(0, str(ROOT))  # run as `python bench/replicas.py`: the repo roo
 from harness.haproxy import HAProxy  # noqa: E402
 from harness.procs import free_port, running, start, stop, wait_until  # noqa: E402
 from harness.redis import RedisServer  # noqa: E402
-from run import gateway_env, loadavg, loadgen, log, write_markdown  # noqa: E402 - bench/run.py's helpers
+from run import gateway_env, loadavg, loadgen, log, save_results  # noqa: E402 - bench/run.py's helpers
 from tests.relay_support import ADMIN, pair, save_credential  # noqa: E402
 
 BEGIN, END = "<!-- replicas:begin (written by bench/replicas.py) -->", "<!-- replicas:end -->"
@@ -158,11 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ollabridge-replicas-") as tmp:
         result = run(args, Path(tmp))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    if args.md != "none":
-        write_markdown(Path(args.md), markdown(result), BEGIN, END)
-    print(json.dumps(result, indent=2))
+    save_results(result, args.json, args.md, markdown(result), BEGIN, END)
     return 0
 
 
