@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))  # run as `python bench/replicas.py`: the repo roo
 from harness.haproxy import HAProxy  # noqa: E402
 from harness.procs import free_port, running, start, stop, wait_until  # noqa: E402
 from harness.redis import RedisServer  # noqa: E402
-from run import gateway_env, loadavg, loadgen, log, save_results  # noqa: E402 - bench/run.py's helpers
+from run import cpu_seconds, gateway_env, loadavg, loadgen, log, save_results  # noqa: E402 - bench/run.py's helpers
 from tests.relay_support import ADMIN, pair, save_credential  # noqa: E402
 
 BEGIN, END = "<!-- replicas:begin (written by bench/replicas.py) -->", "<!-- replicas:end -->"
@@ -70,11 +70,13 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                                     f"http://127.0.0.1:{up_port}/api/version", log=logs / "upstream.log"))
         ports = [free_port() for _ in range(3)]
         urls = [f"http://127.0.0.1:{p}" for p in ports]
+        pids = []
         for port, url in zip(ports, urls):
             env = {**gateway_env(port, f"http://127.0.0.1:{up_port}", tmp / "data"),
                    "OLLABRIDGE_REDIS_URL": redis.url, "OLLABRIDGE_REPLICA_URL": url, "OLLABRIDGE_ADMIN_TOKEN": ADMIN,
                    "OLLABRIDGE_LOG_LEVEL": "warning"}
-            stack.enter_context(running(["app.py"], f"{url}/health", env=env, log=logs / f"gateway-{port}.log"))
+            pids.append(stack.enter_context(running(["app.py"], f"{url}/health", env=env,
+                                                    log=logs / f"gateway-{port}.log")).pid)
 
         rps: dict[int, list[float]] = {1: [], 2: [], 3: []}
         errors = {1: 0, 2: 0, 3: 0}
@@ -100,23 +102,28 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         stack.callback(stop, agent)
         models = lambda url: {m["name"] for m in httpx.get(f"{url}/ollama/api/tags", timeout=5).json()["models"]}  # noqa: E731
         wait_until(lambda: "hop:latest" in models(urls[0]) and "hop:latest" in models(urls[1]), 30, "hop on A and B")
-        local, remote, added = [], [], []
+        local, remote, added, cpu_added = [], [], [], []
         for r in range(args.rounds):
-            row = {}
+            row, cpu = {}, {}
             for name, port in (("local", ports[1]), ("forwarded", ports[0])):
+                before = cpu_seconds(pids[0]) + cpu_seconds(pids[1])
                 row[name] = loadgen({"mode": "latency", "port": port, "path": "/ollama/api/chat", "n": args.hop_n,
                                      "warmup": 50, "body": body("hop")})
+                cpu[name] = (cpu_seconds(pids[0]) + cpu_seconds(pids[1]) - before) / row[name]["all_requests"] * 1e6
             local.append(row["local"]["p50_us"])
             remote.append(row["forwarded"]["p50_us"])
             added.append(row["forwarded"]["p50_us"] - row["local"]["p50_us"])
+            cpu_added.append(cpu["forwarded"] - cpu["local"])
             log(f"  hop round {r + 1}: local p50 {local[-1]:.0f} us, forwarded {remote[-1]:.0f} us, "
-                f"added {added[-1]:.0f} us (errors {row['local']['errors']}, {row['forwarded']['errors']})")
+                f"added {added[-1]:.0f} us, added CPU {cpu_added[-1]:.0f} us/request "
+                f"(errors {row['local']['errors']}, {row['forwarded']['errors']})")
     return {"command": "python bench/replicas.py " + " ".join(sys.argv[1:]), "commit": commit(),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}",
             "load_before": load_before, "load_after": loadavg(), "rounds": args.rounds, "seconds": args.seconds,
             "rps": {str(n): med(v) for n, v in rps.items()}, "errors": {str(n): e for n, e in errors.items()},
             "hop": {"local_p50_us": med(local), "forwarded_p50_us": med(remote), "added_p50_us": med(added),
+                    "added_cpu_us_per_request": med(cpu_added),
                     "requests_per_round": args.hop_n, "target_us": HOP_TARGET_US}}
 
 
@@ -143,7 +150,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"Cross-replica hop, non-streamed chats one after the other on one connection, a node agent on replica B: "
         f"asked on B {hop['local_p50_us']['median'] / 1000:.2f} ms p50, asked on A (forwarded to B) "
         f"{hop['forwarded_p50_us']['median'] / 1000:.2f} ms; **added p50 {added['median'] / 1000:.2f} ms** "
-        f"({added['min'] / 1000:.2f}–{added['max'] / 1000:.2f}), target ≤ {hop['target_us'] / 1000:g} ms {met}.",
+        f"({added['min'] / 1000:.2f}–{added['max'] / 1000:.2f}), target ≤ {hop['target_us'] / 1000:g} ms {met}. "
+        f"CPU the hop adds (replicas A and B together, per request, from their CPU times): "
+        f"{hop['added_cpu_us_per_request']['median'] / 1000:.2f} ms, what the added latency comes to on an idle machine.",
     ])
 
 

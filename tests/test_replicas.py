@@ -122,6 +122,23 @@ def test_a_node_on_one_replica_is_listed_everywhere_and_a_chat_on_another_stream
     assert b_line[-1]["status"] == 200 and b_line[-1]["backend"] == "raw-b" and b_line[-1]["tokens_out"] == 3
 
 
+def test_non_streamed_chats_and_embeddings_cross_replicas_too(env, raw_b):
+    a, c = env.urls[0], env.urls[2]
+    with ThreadPoolExecutor(1) as pool:
+        asked = pool.submit(httpx.post, f"{c}/v1/chat/completions", timeout=30,
+                            json={"model": "only-b", "messages": MSG})
+        req = raw_b.recv("req")
+        raw_b.res(req["id"], {**FINAL, "message": {"role": "assistant", "content": "whole"}}, done=True)
+        reply = asked.result(30)
+        assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == "whole"
+        asked = pool.submit(httpx.post, f"{a}/ollama/api/embed", timeout=30, json={"model": "only-b", "input": "x"})
+        req = raw_b.recv("req")
+        assert req["op"] == "embed"
+        raw_b.res(req["id"], {"model": "only-b:latest", "embeddings": [[0.25, 0.5]]}, done=True)
+        reply = asked.result(30)
+        assert reply.status_code == 200 and reply.json()["embeddings"] == [[0.25, 0.5]]
+
+
 def test_every_replica_health_lists_every_replica_and_node(env, raw_b):
     for url in env.urls:
         seen = _health(url)["replicas"]["seen"]

@@ -16,12 +16,12 @@ import time
 from typing import Any, AsyncContextManager, AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from ollabridge.api.streaming import NDJSONResponse, start, unless_gone
 from ollabridge.edge import context as edge
 from ollabridge.errors import GatewayError
-from ollabridge.jsonwire import loads
+from ollabridge.jsonwire import dumps, loads
 from ollabridge.replicas import auth
 from ollabridge.routing.serve import count_tokens
 
@@ -60,7 +60,11 @@ async def serve_node(node_id: str, op: str, request: Request):
         if op in CALLS:
             return JSONResponse(await unless_gone(_call(gw, node, op, body), request.receive))
         stream = _leased(gw, node, op, body, served)
-        return NDJSONResponse(await unless_gone(start(stream), request.receive), stream)
+        first = await unless_gone(start(stream), request.receive)
+        if first.get("done"):  # a one-object answer (`stream: false`): no streaming response to run
+            await stream.aclose()
+            return Response(dumps(first) + b"\n", media_type="application/x-ndjson")
+        return NDJSONResponse(first, stream)
     except GatewayError as exc:
         return _error(exc.status, exc.message)
 
