@@ -85,8 +85,8 @@ def raw_b(env):
         yield raw
 
 
-def _stream_on(url: str, lines: list[dict], stop_after: int | None = None) -> None:
-    with httpx.stream("POST", f"{url}/ollama/api/chat", json={"model": "only-b", "messages": MSG},
+def _stream_on(url: str, lines: list[dict], stop_after: int | None = None, model: str = "only-b") -> None:
+    with httpx.stream("POST", f"{url}/ollama/api/chat", json={"model": model, "messages": MSG},
                       timeout=30) as answer:
         assert answer.status_code == 200, answer.read()
         for line in answer.iter_lines():
@@ -211,6 +211,36 @@ def test_redis_down_each_replica_serves_with_what_it_holds_and_says_so(env, raw_
     for url in env.urls:
         wait_until(lambda: _health(url)["replicas"]["redis_connected"], 10, f"{url} back on Redis")
     assert _nodes_seen(env.urls[2]) == {"raw-b": env.urls[1]}
+
+
+def test_a_node_frozen_behind_the_hop_is_given_up_by_its_replica_and_the_stream_resumes(env, raw_b):
+    """A node agent SIGSTOPped mid-answer (socket open, silent): its own replica's stall watch times the
+    forwarded stream as it times its own, gives the node up within seconds (before 3 missed heartbeats),
+    and the forwarding replica resumes the stream on the other node with the model."""
+    a, b, c = env.urls
+    with ExitStack() as stack:
+        gpus, agents = {}, {}
+        for name, owner in (("fb", b), ("fc", c)):
+            gpus[name] = stack.enter_context(fake_ollama(env.logs, "frz:latest", "--chunks", "30", "--delay", "0.1"))
+            creds = env.tmp / f"{name}-creds.json"
+            save_credential(creds, owner, pair(owner, name))
+            agents[name] = stack.enter_context(node(env.logs, owner, gpus[name], creds, name, 2, False))
+        wait_until(lambda: {"fb", "fc"} <= set(_nodes_seen(a)), 15, "both nodes seen on A")
+        lines: list[dict] = []
+        with ThreadPoolExecutor(1) as pool:
+            asked = pool.submit(_stream_on, a, lines, None, "frz")
+            wait_until(lambda: len(lines) >= 5, 20, "five chunks on the client")
+            frozen = next(n for n, gpu in gpus.items() if fake_stats(gpu)["active"])
+            agents[frozen].kill(signal.SIGSTOP)
+            try:
+                asked.result(60)
+            finally:
+                agents[frozen].kill(signal.SIGCONT)
+        text = "".join(line.get("message", {}).get("content", "") for line in lines)
+        assert not any("error" in line for line in lines) and lines[-1]["done"]
+        assert text == "".join(f"tok{i} " for i in range(30))
+        owner_log = env.logs / f"gateway-{env.ports[env.urls.index(b if frozen == 'fb' else c)]}.log"
+        assert "a stream silent for" in owner_log.read_text(errors="replace")  # the stall watch, not heartbeats
 
 
 def test_a_replica_killed_mid_stream_its_stream_resumes_and_its_node_reconnects_and_serves(env, raw_b):

@@ -82,14 +82,27 @@ async def _call(gw: Any, node: Any, op: str, body: dict[str, Any]) -> dict[str, 
 
 async def _leased(gw: Any, node: Any, op: str, body: dict[str, Any],
                   served: dict[str, Any] | None) -> AsyncIterator[dict[str, Any]]:
-    """The node's stream while its slot is held; its last chunk counted into the node's speed."""
+    """The node's stream while its slot is held, timed by the stall watch; its last chunk counted
+    into the node's speed."""
     model = body.get("model") or ""
     async with _lease(gw, node, model) as backend:
         _check(backend, node)
         started, first = time.monotonic(), None
-        chunks = node.stream(op, body)
+        chunks = aiter(node.stream(op, body))
+        # Timed by this replica's stall watch, as its own streams are: a node that froze mid-answer is
+        # lost here within seconds, its error line reaches the forwarder, which resumes elsewhere.
+        pace = gw.router.serving.stall.pace(node)
         try:
-            async for chunk in chunks:
+            while True:
+                if pace is not None:
+                    pace.waiting()
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+                finally:
+                    if pace is not None:
+                        pace.arrived()
                 first = first or time.monotonic()
                 if chunk.get("done"):
                     count_tokens(node, chunk, started, first, model)
@@ -97,6 +110,8 @@ async def _leased(gw: Any, node: Any, op: str, body: dict[str, Any],
                         served["done"] = chunk
                 yield chunk
         finally:
+            if pace is not None:
+                pace.close()
             await chunks.aclose()  # now, with the slot still held: the node gets its cancel
 
 
