@@ -120,6 +120,7 @@ def test_a_node_on_one_replica_is_listed_everywhere_and_a_chat_on_another_stream
     assert a_line[-1]["tokens_out"] == 3
     b_line = wait_until(lambda: _log_lines(env.logs / f"gateway-{env.ports[1]}.log", "/internal/nodes/"), 5, "B's line")
     assert b_line[-1]["status"] == 200 and b_line[-1]["backend"] == "raw-b" and b_line[-1]["tokens_out"] == 3
+    assert b_line[-1]["id"] == a_line[-1]["id"]  # one request id across the hop
 
 
 def test_non_streamed_chats_and_embeddings_cross_replicas_too(env, raw_b):

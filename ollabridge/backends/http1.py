@@ -235,14 +235,16 @@ class Http1Pool:
         self._idle: deque[_Conn] = deque()
 
     async def request(self, method: str, path: str, body: bytes, *, timeout: float,
-                      content_type: str = "application/json") -> Http1Response:
+                      content_type: str = "application/json", headers: dict[str, str] | None = None
+                      ) -> Http1Response:
         """Send a request and wait up to `timeout` s for the reply's head.
 
         A kept-alive connection the upstream had closed is retried once on a new one.
         Raises OSError (ConnectionError, MalformedResponse) or TimeoutError.
         """
+        extra = self._extra + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) if headers else self._extra
         head = (f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: {self._host_header}\r\n"
-                f"User-Agent: {self._agent}\r\n{self._extra}Content-Type: {content_type}\r\n"
+                f"User-Agent: {self._agent}\r\n{extra}Content-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
         while True:
             conn, reused = self._take(), True
@@ -364,11 +366,13 @@ READ_ERRORS = (OSError, httpx.HTTPError)  # what reading a reply raises, besides
 
 
 async def post_stream(pool: Http1Pool | None, client: httpx.AsyncClient, path: str, payload: bytes,
-                      timeout: float) -> Reply:
-    """POST JSON `payload` and wait up to `timeout` s for the reply's head: on `pool` when given."""
+                      timeout: float, headers: dict[str, str] | None = None) -> Reply:
+    """POST JSON `payload` (with `headers` besides the pool's) and wait up to `timeout` s for the
+    reply's head: on `pool` when given."""
     if pool is not None:
-        return await pool.request("POST", path, payload, timeout=timeout)
-    request = client.build_request("POST", path, content=payload, headers={"Content-Type": "application/json"})
+        return await pool.request("POST", path, payload, timeout=timeout, headers=headers)
+    request = client.build_request("POST", path, content=payload,
+                                   headers={"Content-Type": "application/json", **(headers or {})})
     async with asyncio.timeout(timeout):
         return HttpxReply(await client.send(request, stream=True))
 

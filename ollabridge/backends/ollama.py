@@ -40,7 +40,7 @@ class OllamaBackend(Backend):
     async def stream(self, op: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         try:
             reply = await http1.post_stream(self._pool, self._client, _STREAMS[op], _dumps(body),
-                                            self.first_token_timeout)
+                                            self.first_token_timeout, self.request_headers())
         except TimeoutError:
             raise BackendError(f"{self.name}: no answer within {self.first_token_timeout:g}s",
                                status=504, retryable=True, backend=self.name) from None
@@ -81,6 +81,10 @@ class OllamaBackend(Backend):
         finally:
             await http1.close(reply)
 
+    def request_headers(self) -> dict[str, str] | None:
+        """Headers for this one request, besides the backend's own (none for an Ollama)."""
+        return None
+
     async def call(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self._json("POST", _OPS[op], body)
 
@@ -117,7 +121,7 @@ class OllamaBackend(Backend):
                     timeout: float | None = None) -> dict[str, Any]:
         try:
             response = await self._client.request(
-                method, path, json=body,
+                method, path, json=body, headers=self.request_headers(),
                 timeout=httpx.Timeout(timeout or self.first_token_timeout, connect=self._client.timeout.connect))
         except httpx.HTTPError as exc:
             raise BackendError(f"{self.name} is unreachable: {exc!r}", status=502, retryable=True,

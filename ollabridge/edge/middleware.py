@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ollabridge.api.errors import ndjson_error_line, render
 from ollabridge.edge import access_log
 from ollabridge.edge.auth import api_key
-from ollabridge.edge.context import RequestContext, client_address
+from ollabridge.edge.context import REQUEST_ID, RequestContext, client_address
 from ollabridge.edge.guesses import TooManyGuesses
 from ollabridge.errors import GatewayError
 
@@ -97,6 +97,7 @@ class EdgeMiddleware:
                 forwarded = value.decode("latin-1") if forwarded is None else f"{forwarded},{value.decode('latin-1')}"
         ctx = RequestContext(rid or os.urandom(8).hex(), scope["method"], path, loop.time())
         scope["ollabridge"] = ctx
+        REQUEST_ID.set(ctx.id)  # this request's task only
         ctx.client = self.client_address(scope, forwarded)
         id_header = (b"x-request-id", ctx.id.encode())
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from ollabridge.backends.base import BackendHealth, Speed
 from ollabridge.backends.ollama import OllamaBackend
+from ollabridge.edge.context import REQUEST_ID
 from ollabridge.replicas.auth import HEADER
 
 
@@ -50,6 +51,11 @@ class RemoteNodeBackend(OllamaBackend):
             mine = self.stats.speeds.get(model)
             if mine is None or mine.samples == 0:  # its speed as the owner measured it, until ours
                 self.stats.speeds[model] = Speed(speed.get("ttft_s", 0.0), speed.get("tokens_per_s", 0.0), 0)
+
+    def request_headers(self) -> dict[str, str] | None:
+        """The caller's request id, so the owner's log line has the same one."""
+        rid = REQUEST_ID.get()
+        return {"X-Request-ID": rid} if rid else None
 
     async def fetch_models(self) -> list[dict[str, Any]]:
         return list(self._models)
