@@ -142,3 +142,16 @@ def test_the_replica_credential_is_an_hmac_checked_in_constant_time():
     assert token != "admin" and len(token) == 64
     assert auth.valid(token, "admin")
     assert not auth.valid(token, "other") and not auth.valid("", "admin") and not auth.valid(token, "")
+
+
+async def test_the_status_tab_lists_other_replicas_nodes_as_online():
+    from ollabridge.ui.status import node_rows
+
+    redis = FakeRedis()
+    publish(redis, "r2", "http://r2", node("n1", in_flight=1, gpu="T4"))
+    p = presence(redis)
+    await p.refresh()
+    gateway = SimpleNamespace(pairing=SimpleNamespace(nodes=lambda: [{"node_id": "n1", "name": "N1"}]))
+    [row] = node_rows(gateway, p.remote_nodes())
+    assert row[0] == "N1" and row[1] == "● online" and row[3] == "m:latest" and row[4] == "1 / 2"
+    await asyncio.gather(*(b.close() for b in p.router.backends))

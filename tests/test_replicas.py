@@ -172,6 +172,22 @@ def test_a_client_gone_on_a_cancels_the_node_request_on_b_and_frees_its_slot(env
     assert lines[-1]["done"]
 
 
+def test_a_raw_node_through_haproxy_serves_chats_sent_through_haproxy_to_any_replica(env, raw_b):
+    token = pair(env.urls[0], "raw-lb")["node_token"]
+    with RawNode(env.lb.url, token, name="raw-lb", models=("via-lb:latest",), slots=2) as raw:
+        for url in env.urls:
+            wait_until(lambda: "via-lb:latest" in _models(url), 10, f"via-lb listed on {url}")
+        with ThreadPoolExecutor(1) as pool:
+            for i in range(3):  # least connections spreads them: whichever replica gets one, the node answers
+                asked = pool.submit(httpx.post, f"{env.lb.url}/ollama/api/chat", timeout=30,
+                                    json={"model": "via-lb", "messages": MSG, "stream": False})
+                req = raw.recv("req")
+                raw.res(req["id"], {**FINAL, "model": "via-lb:latest",
+                                    "message": {"role": "assistant", "content": f"answer {i}"}}, done=True)
+                reply = asked.result(30)
+                assert reply.status_code == 200 and reply.json()["message"]["content"] == f"answer {i}"
+
+
 def test_the_internal_endpoint_refuses_anyone_but_a_replica(env, raw_b):
     b = env.urls[1]
     node_id = next(n["node_id"] for r in _health(b)["replicas"]["seen"] for n in r["nodes"])
