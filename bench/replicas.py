@@ -152,7 +152,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"{hop['forwarded_p50_us']['median'] / 1000:.2f} ms; **added p50 {added['median'] / 1000:.2f} ms** "
         f"({added['min'] / 1000:.2f}–{added['max'] / 1000:.2f}), target ≤ {hop['target_us'] / 1000:g} ms {met}. "
         f"CPU the hop adds (replicas A and B together, per request, from their CPU times): "
-        f"{hop['added_cpu_us_per_request']['median'] / 1000:.2f} ms, what the added latency comes to on an idle machine.",
+        f"{hop['added_cpu_us_per_request']['median'] / 1000:.2f} ms, roughly what the added latency would be on an idle machine.",
     ])
 
 
