@@ -137,6 +137,23 @@ async def test_remote_members_rank_after_local_nodes_and_take_the_owner_figures(
     await asyncio.gather(*(b.close() for b in p.router.backends))
 
 
+async def test_a_remote_node_full_with_its_owners_requests_is_not_free_here():
+    redis = FakeRedis()
+    publish(redis, "r2", "http://r2", node("n1", in_flight=2))  # 2 slots, both taken on r2
+    p = presence(redis)
+    await p.refresh()
+    [member] = [b for b in p.router.backends if isinstance(b, RemoteNodeBackend)]
+    assert not member.available
+    publish(redis, "r2", "http://r2", node("n1", in_flight=1))
+    await p.refresh()
+    assert member.available
+    member.stats.in_flight = 1  # ours, and r2 reported just that one: one slot left
+    assert member.available
+    member.stats.in_flight = 2
+    assert not member.available
+    await asyncio.gather(*(b.close() for b in p.router.backends))
+
+
 def test_the_replica_credential_is_an_hmac_checked_in_constant_time():
     token = auth.replica_token("admin")
     assert token != "admin" and len(token) == 64

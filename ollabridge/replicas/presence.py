@@ -149,7 +149,9 @@ class Presence:
                 self.router.add(backend)
                 changed = True
             else:
-                changed |= backend.cached_models() != node.get("models")
+                # New models, or slots freed or taken there: waiters here look again.
+                changed |= (backend.cached_models() != node.get("models")
+                            or backend.info.get("in_flight") != node.get("in_flight"))
                 backend.update(node)
         if changed:
             self.router.notify()

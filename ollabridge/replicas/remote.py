@@ -6,9 +6,10 @@ pool the Ollama backend uses, so it is an `OllamaBackend` whose base URL is that
 serves, its slots and its measured speed come from the owner's presence entry (`update`), not from
 a fetch: listing models never crosses replicas.
 
-Slots: this replica sends it at most the node's slots at once; the owner leases the node's slot
-itself (queueing in its own fair queue when the node is full), so a node shared by several replicas
-is never over-subscribed.
+Slots: the owner leases the node's slot itself (queueing the request in its own fair queue when the
+node is full), so a node shared by several replicas is never over-subscribed. Here it counts as full
+when this replica's requests on it and those the owner last reported beyond them fill its slots:
+a request then goes to another free backend, or waits here, rather than in the owner's queue.
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ class RemoteNodeBackend(OllamaBackend):
         """The caller's request id, so the owner's log line has the same one."""
         rid = REQUEST_ID.get()
         return {"X-Request-ID": rid} if rid else None
+
+    @property
+    def available(self) -> bool:
+        if self.slots is None:
+            return True
+        mine = self.stats.in_flight
+        elsewhere = max(0, int(self.info.get("in_flight") or 0) - mine)  # the owner's count includes ours
+        return mine + elsewhere < self.slots
 
     async def fetch_models(self) -> list[dict[str, Any]]:
         return list(self._models)
