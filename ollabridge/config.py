@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     # Tokens a request without num_predict (max_tokens) is expected to make, for the estimate of which
     # free backend finishes it soonest (routing/slots.py: measured time to first chunk + tokens / speed).
     expected_tokens: int = Field(256, gt=0, validation_alias="OLLABRIDGE_EXPECTED_TOKENS")
+    # Seconds between samples of the Status tab's 15-minute history (ollabridge/stats_history.py).
+    history_period: float = Field(5.0, gt=0, validation_alias="OLLABRIDGE_HISTORY_PERIOD")
     engine_start_timeout: float = Field(120.0, validation_alias="OLLABRIDGE_ENGINE_START_TIMEOUT")
     log_level: str = Field("info", validation_alias="OLLABRIDGE_LOG_LEVEL")
     # GPU nodes (relay + pairing): seconds between pings (3 missed = dead), largest frame in bytes,

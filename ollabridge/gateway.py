@@ -16,6 +16,7 @@ from ollabridge.pairing import PairingService
 from ollabridge.relay.hub import RelayHub
 from ollabridge.routing import Router
 from ollabridge.routing.stall import StallPolicy
+from ollabridge.stats_history import StatsHistory
 from ollabridge.status import StatusViews
 
 
@@ -53,6 +54,10 @@ class Gateway:
         self.limiter = RateLimiter()
         self.drain = Drain()
         self.metrics = Metrics(self)
+        # The Status tab's last 15 minutes: tokens/s per backend, requests in flight, the queue.
+        self.history = StatsHistory(self.router.streamed,
+                                    lambda: len(self.drain.inflight), lambda: self.router.waiting,
+                                    period=settings.history_period)
         self.views = StatusViews(self)
         # Several replicas (OLLABRIDGE_REDIS_URL): every replica's GPU nodes in this one's router.
         self.presence = self._presence() if settings.redis_url else None
@@ -77,6 +82,7 @@ class Gateway:
         self.hub.start()
         for backend in [self.ollama, *self.upstreams]:
             self.router.add(backend)
+        self.history.start()
         await self.engine.start()
         if self.presence is not None:
             await self.presence.start()
@@ -88,6 +94,7 @@ class Gateway:
     async def stop(self) -> None:
         if self.presence is not None:
             await self.presence.stop()
+        await self.history.stop()
         await self.engine.stop()
         await self.hub.stop()
         await self.router.close()

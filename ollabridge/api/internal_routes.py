@@ -87,7 +87,7 @@ async def _leased(gw: Any, node: Any, op: str, body: dict[str, Any],
     model = body.get("model") or ""
     async with _lease(gw, node, model) as backend:
         _check(backend, node)
-        started, first = time.monotonic(), None
+        started, first, outputs = time.monotonic(), None, 0
         chunks = aiter(node.stream(op, body))
         # Timed by this replica's stall watch, as its own streams are: a node that froze mid-answer is
         # lost here within seconds, its error line reaches the forwarder, which resumes elsewhere.
@@ -105,9 +105,12 @@ async def _leased(gw: Any, node: Any, op: str, body: dict[str, Any],
                         pace.arrived()
                 first = first or time.monotonic()
                 if chunk.get("done"):
-                    count_tokens(node, chunk, started, first, model)
+                    count_tokens(node, chunk, started, first, model, outputs)
                     if served is not None:
                         served["done"] = chunk
+                else:
+                    outputs += 1
+                    node.stats.streamed += 1  # the node's tokens/s in this replica's history
                 yield chunk
         finally:
             if pace is not None:

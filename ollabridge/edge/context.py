@@ -19,6 +19,9 @@ SERVED_EXTENSION = "ollabridge.served"
 # to another sends it as X-Request-ID, so both log lines carry the same id.
 REQUEST_ID: ContextVar[str | None] = ContextVar("ollabridge_request_id", default=None)
 
+#: Client addresses of this machine (the owner, a local app, the bench).
+LOOPBACK = ("127.", "::1", "::ffff:127.")
+
 
 class RequestContext:
     """One request as the edge sees it; routes find it at `request.scope["ollabridge"]`."""

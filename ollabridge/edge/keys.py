@@ -130,6 +130,10 @@ class ApiKeys(OpensStore[KeyStore]):
             return None
         return key
 
+    def name_of(self, key_id: str) -> str | None:
+        """The name of the live key `key_id` (None when there is none)."""
+        return next((k.name for k in (*self._minted.values(), *self._env.values()) if k.id == key_id), None)
+
     # -- the owner's side (admin token checked by the route) ---------------------------------
     def mint(self, name: str, rpm: int | None = None, streams: int | None = None,
              weight: float | None = None) -> dict[str, Any]:

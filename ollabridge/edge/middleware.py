@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ollabridge.api.errors import ndjson_error_line, render
 from ollabridge.edge import access_log
 from ollabridge.edge.auth import api_key
-from ollabridge.edge.context import REQUEST_ID, RequestContext, client_address
+from ollabridge.edge.context import LOOPBACK, REQUEST_ID, RequestContext, client_address
 from ollabridge.edge.guesses import TooManyGuesses
 from ollabridge.errors import GatewayError
 
@@ -40,7 +40,6 @@ GENERATION = frozenset(prefix + path for prefix in ("", "/ollama") for path in (
 INTERNAL = "/internal/"
 # Other routes that get a log line and metrics (the web UI's own requests get neither).
 OBSERVED = ("/admin/", "/device/", "/health", "/metrics", "/ollama/status", "/node/", INTERNAL)
-LOOPBACK = ("127.", "::1", "::ffff:127.")
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 

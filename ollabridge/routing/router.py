@@ -60,6 +60,10 @@ class Router:
         """Requests in the queue now, waiting for a slot."""
         return self.slots.waiting
 
+    def waiting_by_caller(self) -> dict[str, int]:
+        """Requests in the queue now, by caller (`key:<id>` or `ip:<address>`)."""
+        return self.slots.waiting_by_caller()
+
     # -- models ------------------------------------------------------------------------
     async def refresh(self, force: bool = False) -> None:
         await self.pool.refresh(force)
@@ -100,6 +104,13 @@ class Router:
 
     async def loaded(self) -> list[dict[str, Any]]:
         return await self.pool.loaded()
+
+    def streamed(self) -> dict[str, int]:
+        """Tokens streamed so far, by backend name (a counter: the history's tokens/s)."""
+        counts: dict[str, int] = {}
+        for backend in self.pool.backends:
+            counts[backend.name] = counts.get(backend.name, 0) + backend.stats.streamed
+        return counts
 
     def stream_stats(self) -> dict[str, int]:
         """Streams resumed on another backend, lost past resuming, and stall probes by outcome."""

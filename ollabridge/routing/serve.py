@@ -194,7 +194,8 @@ class Metered:
     A plain iterator, not a generator: it adds no generator of its own to finalize when the caller
     abandons the stream, so the backend's stream is closed as promptly as if iterated directly."""
 
-    __slots__ = ("backend", "chunks", "served", "transcript", "pace", "model", "started", "first", "finished")
+    __slots__ = ("backend", "chunks", "served", "transcript", "pace", "model", "started", "first", "finished",
+                 "outputs")
 
     def __init__(self, backend: Backend, chunks: AsyncIterator[dict[str, Any]], served: dict[str, Any] | None,
                  transcript: Transcript, pace: Pace | None, model: str = "") -> None:
@@ -203,6 +204,7 @@ class Metered:
         self.started = time.monotonic()
         self.first: float | None = None
         self.finished = False
+        self.outputs = 0  # chunks before the last (each one token), counted into the backend's `streamed`
 
     def __aiter__(self) -> Metered:
         return self
@@ -226,11 +228,13 @@ class Metered:
             self.first = time.monotonic()
         if chunk.get("done"):
             self.finished = True
-            count_tokens(self.backend, chunk, self.started, self.first, self.model)
+            count_tokens(self.backend, chunk, self.started, self.first, self.model, self.outputs)
             chunk = self.transcript.final(chunk)
             if self.served is not None:
                 self.served["done"] = chunk
             return chunk
+        self.outputs += 1
+        self.backend.stats.streamed += 1
         return self.transcript.take(chunk)
 
     def ended(self) -> None:
@@ -245,9 +249,11 @@ class Metered:
                                  int((now - self.first) * 1e9) if self.first else 0)
 
 
-def count_tokens(backend: Backend, chunk: dict[str, Any], started: float, first: float, model: str) -> None:
+def count_tokens(backend: Backend, chunk: dict[str, Any], started: float, first: float, model: str,
+                 streamed: int) -> None:
     tokens = int(chunk.get("eval_count") or 0)
     backend.stats.tokens += tokens
+    backend.stats.streamed += max(0, tokens - streamed)  # the tokens no chunk of their own carried
     duration = chunk.get("eval_duration") or 0
     if tokens and duration:
         backend.stats.last_tokens_per_s = tokens / (duration / 1e9)

@@ -46,6 +46,7 @@ class _Waiter:
     exclude: set[int]
     tag: tuple[float, int]  # its turn: (start tag, arrival), lowest served first
     expected: int  # tokens it expects, for the estimate of each backend's finish
+    caller: str = ""  # whose turn it is (the API key or client address), for the queue per caller
     slot: asyncio.Future[Backend] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -65,6 +66,13 @@ class Slots:
     def waiting(self) -> int:
         """Requests in the queue now, waiting for a slot."""
         return len(self._queue)
+
+    def waiting_by_caller(self) -> dict[str, int]:
+        """Requests in the queue now, by caller (the edge's identity: `key:<id>` or `ip:<address>`)."""
+        counts: dict[str, int] = {}
+        for waiter in self._queue:
+            counts[waiter.caller] = counts.get(waiter.caller, 0) + 1
+        return counts
 
     def notify(self) -> None:
         """A slot freed, a backend joined or its models changed: hand free slots to the waiters in
@@ -142,7 +150,7 @@ class Slots:
         if len(self._queue) >= self.max_queue:
             raise NoBackend(f"All backends serving '{model}' are busy and the queue is full.",
                             headers={"Retry-After": "5"})
-        waiter = _Waiter(model, exclude, (self._start(caller, weight), next(self._arrivals)), expected)
+        waiter = _Waiter(model, exclude, (self._start(caller, weight), next(self._arrivals)), expected, caller)
         bisect.insort(self._queue, waiter, key=lambda w: w.tag)
         try:
             async with asyncio.timeout(self.queue_timeout):
