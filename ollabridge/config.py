@@ -100,12 +100,16 @@ class Settings(BaseSettings):
     metrics: Literal["1", "0", "admin"] = Field("1", validation_alias="OLLABRIDGE_METRICS")
     log_content: bool = Field(False, validation_alias="OLLABRIDGE_LOG_CONTENT")
     # Several replicas: the Redis that holds their shared state (keys, pairings, device codes, the
-    # generated admin token, rate limits, lock-outs); empty: the data dir's SQLite file (one replica).
+    # generated admin token, rate limits, lock-outs) and GPU node presence; empty: the data dir's
+    # SQLite file (one replica).
     redis_url: str = Field("", validation_alias="OLLABRIDGE_REDIS_URL")
     # Models the gateway pulls into Ollama in the background after it starts (comma-separated).
     # Empty here so that a local run never downloads by surprise; start.sh (the Space) defaults it to
     # qwen2.5:1.5b. Ignored while the in-box engine serves.
     models_raw: str = Field("", validation_alias="OLLABRIDGE_MODELS")
+    # Several replicas (deploy/): the address the other replicas reach this one at (they forward
+    # requests for the GPU nodes connected here to it).
+    replica_url: str = Field("", validation_alias="OLLABRIDGE_REPLICA_URL")
 
     @cached_property
     def upstreams(self) -> list[str]:

@@ -65,6 +65,21 @@ class Gateway:
                                     lambda: len(self.drain.inflight), lambda: self.router.waiting,
                                     period=settings.history_period)
         self.views = StatusViews(self)
+        # Several replicas (OLLABRIDGE_REDIS_URL): every replica's GPU nodes in this one's router.
+        self.presence = self._presence() if settings.redis_url else None
+
+    def _presence(self):
+        from ollabridge.replicas.auth import replica_token
+        from ollabridge.replicas.presence import Presence
+        from ollabridge.replicas.remote import RemoteNodeBackend
+
+        s = self.settings
+
+        def remote(replica_id: str, url: str, info: dict, token: str) -> RemoteNodeBackend:
+            return RemoteNodeBackend(replica_id, url, info, token, connect_timeout=s.connect_timeout,
+                                     first_token_timeout=s.first_token_timeout, idle_timeout=s.idle_timeout)
+        return Presence(s.redis_url, s.replica_url, self.hub, self.router,
+                        lambda: replica_token(self.pairing.admin_token), remote)
 
     async def start(self) -> None:
         self.pairing.open()
@@ -75,12 +90,16 @@ class Gateway:
             self.router.add(backend)
         self.history.start()
         await self.engine.start()
+        if self.presence is not None:
+            await self.presence.start()
 
     async def _pulled(self, model: str) -> None:
         await self.ollama.models(0)  # only the list that changed: a dead upstream must not delay it
         self.router.notify()
 
     async def stop(self) -> None:
+        if self.presence is not None:
+            await self.presence.stop()
         await self.history.stop()
         await self.engine.stop()
         await self.hub.stop()

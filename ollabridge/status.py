@@ -114,10 +114,17 @@ class StatusViews:
         shared = gw.state.health()
         redis_down = shared.get("redis") is not None and not shared["redis"]["connected"]
         status = "ok" if entries and all(e["healthy"] for e in entries) and not redis_down else "degraded"
-        return redact({"status": status, "version": __version__,
-                       "uptime_s": round(time.time() - self.started_at, 1), "engine": gw.engine.info(),
-                       "backends": entries, "relay": self.relay(), **self.load(),
-                       "pulls": gw.puller.snapshot(), "shared_state": shared})
+        answer = {"status": status, "version": __version__,
+                  "uptime_s": round(time.time() - self.started_at, 1), "engine": gw.engine.info(),
+                  "backends": entries, "relay": self.relay(), **self.load(),
+                  "pulls": gw.puller.snapshot(), "shared_state": shared}
+        if getattr(gw, "presence", None) is not None:  # several replicas: each one seen and the nodes it holds
+            answer["replicas"] = gw.presence.snapshot()
+        return redact(answer)
+
+    def _remote_nodes(self) -> list[dict[str, Any]]:
+        presence = getattr(self.gateway, "presence", None)
+        return presence.remote_nodes() if presence is not None else []
 
     async def status(self, nodes: bool = True) -> dict[str, Any]:
         """The gateway's Ollama (reachable, version, pulled and loaded models), engine, upstreams, and
@@ -125,7 +132,7 @@ class StatusViews:
         gw = self.gateway
         health, version, loaded = await asyncio.gather(gw.ollama.health(), gw.ollama.ollama_version(), gw.ollama.loaded())
         models = await gw.ollama.models(gw.settings.models_ttl)
-        relay = {**self.relay(), "nodes": gw.hub.nodes_status()} if nodes else self.relay()
+        relay = {**self.relay(), "nodes": gw.hub.nodes_status() + self._remote_nodes()} if nodes else self.relay()
         return redact({"ollama": {"reachable": health.ok, "url": gw.settings.ollama_base_url, "version": version,
                                   "detail": health.detail,
                                   "models": [m.get("name") for m in models],

@@ -241,7 +241,7 @@ class Metered:
             self.first = time.monotonic()
         if chunk.get("done"):
             self.finished = True
-            _count_tokens(self.backend, chunk, self.started, self.first, self.model, self.outputs)
+            count_tokens(self.backend, chunk, self.started, self.first, self.model, self.outputs)
             chunk = self.transcript.final(chunk)
             if self.served is not None:
                 self.served["done"] = chunk
@@ -262,8 +262,8 @@ class Metered:
                                  int((now - self.first) * 1e9) if self.first else 0)
 
 
-def _count_tokens(backend: Backend, chunk: dict[str, Any], started: float, first: float, model: str,
-                  streamed: int) -> None:
+def count_tokens(backend: Backend, chunk: dict[str, Any], started: float, first: float, model: str,
+                 streamed: int) -> None:
     tokens = int(chunk.get("eval_count") or 0)
     backend.stats.tokens += tokens
     backend.stats.streamed += max(0, tokens - streamed)  # the tokens no chunk of their own carried
