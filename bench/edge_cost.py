@@ -4,8 +4,10 @@
 
 Calls a trivial ASGI app (a 200 JSON answer) directly, then through EdgeMiddleware in several
 configurations: open API from loopback (no limits), open API from a remote address (rate limits
-on), with API keys (hash + lookup), each with its metrics and its log line (written to /dev/null
-through the logging module, as in production). Prints the mean per request and the added cost.
+on), with API keys (hash + lookup), and with the key's rate budget on a real redis-server on loopback
+(OLLABRIDGE_REDIS_URL: one GCRA script call per request; skipped without Debian's redis-server), each
+with its metrics and its log line (written to /dev/null through the logging module, as in production).
+Prints the mean per request and the added cost.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -26,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from ollabridge.edge.middleware import EdgeMiddleware  # noqa: E402
 from ollabridge.config import Settings  # noqa: E402
 from ollabridge.gateway import Gateway  # noqa: E402
+from harness.redis import RedisServer  # noqa: E402
 
 BODY = b'{"ok":true}'
 
@@ -69,17 +73,21 @@ def main() -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     headers = [(b"host", b"gw"), (b"user-agent", b"bench"), (b"accept", b"*/*")]
     results = {}
+    key = {"OLLABRIDGE_API_KEYS": "sk-bench-1", "OLLABRIDGE_KEY_RATE_LIMIT_RPM": "100000000"}
+    bearer = [(b"authorization", b"Bearer sk-bench-1")]
     with tempfile.TemporaryDirectory() as tmp:
+        redis = RedisServer(Path(tmp) / "redis").start() if shutil.which("redis-server") else None
+        shared = [("API key (Bearer), limits on Redis (loopback)", {**key, "OLLABRIDGE_REDIS_URL": redis.url},
+                   "203.0.113.1", bearer)] if redis else []
         for name, env, client, extra in (
                 ("open, loopback (no limits)", {}, "127.0.0.1", []),
                 ("open, remote address (limits on)", {"OLLABRIDGE_RATE_LIMIT_RPM": "100000000"}, "203.0.113.1", []),
-                ("API key (Bearer), limits on", {"OLLABRIDGE_API_KEYS": "sk-bench-1",
-                                                 "OLLABRIDGE_KEY_RATE_LIMIT_RPM": "100000000"}, "203.0.113.1",
-                 [(b"authorization", b"Bearer sk-bench-1")])):
+                ("API key (Bearer), limits on", key, "203.0.113.1", bearer), *shared):
             settings = Settings(OLLABRIDGE_DATA_DIR=f"{tmp}/{len(results)}", OLLABRIDGE_ADMIN_TOKEN="adm",
                                 OLLABRIDGE_UI="0", **env)
             gateway = Gateway(settings)
             gateway.pairing.open()
+            gateway.keys.open()
             edge = EdgeMiddleware(app, gateway)
             hdrs = headers + extra
 
@@ -92,6 +100,9 @@ def main() -> int:
             results[name] = {"bare_us": round(bare, 2), "with_edge_us": round(wrapped, 2),
                              "added_us": round(wrapped - bare, 2)}
             assert sum(gateway.metrics.requests.values()) > args.n
+            gateway.state.close()
+        if redis:
+            redis.stop()
     print(json.dumps(results, indent=2))
     return 0
 

@@ -805,6 +805,16 @@ def write_markdown(path: Path, generated: str, begin: str = BEGIN, end: str = EN
     path.write_text(text)
 
 
+def save_results(result: dict[str, Any], json_path: Path, md: str, text: str, begin: str, end: str) -> None:
+    """A side benchmark's end (bench/resume.py, bench/replicas.py): its JSON to `json_path`, its block
+    `text` into the markdown file `md` (unless 'none'), the JSON on stdout."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    if md != "none":
+        write_markdown(Path(md), text, begin, end)
+    print(json.dumps(result, indent=2))
+
+
 def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 

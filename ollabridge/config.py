@@ -58,12 +58,17 @@ class Settings(BaseSettings):
     stall_after: float = Field(1.0, ge=0, validation_alias="OLLABRIDGE_STALL_AFTER")
     stall_factor: float = Field(8.0, ge=0, validation_alias="OLLABRIDGE_STALL_FACTOR")
     stall_ping: float = Field(1.0, gt=0, validation_alias="OLLABRIDGE_STALL_PING")
+    # A request whose leading messages match a recent one's goes to the backend that served it, while
+    # that one has a free slot and is not much slower (routing/affinity.py).
+    affinity: bool = Field(True, validation_alias="OLLABRIDGE_AFFINITY")
     models_ttl: float = Field(5.0, validation_alias="OLLABRIDGE_MODELS_TTL")
     max_queue: int = Field(64, validation_alias="OLLABRIDGE_MAX_QUEUE")
     queue_timeout: float = Field(60.0, validation_alias="OLLABRIDGE_QUEUE_TIMEOUT")
     # Tokens a request without num_predict (max_tokens) is expected to make, for the estimate of which
     # free backend finishes it soonest (routing/slots.py: measured time to first chunk + tokens / speed).
     expected_tokens: int = Field(256, gt=0, validation_alias="OLLABRIDGE_EXPECTED_TOKENS")
+    # Seconds between samples of the Status tab's 15-minute history (ollabridge/stats_history.py).
+    history_period: float = Field(5.0, gt=0, validation_alias="OLLABRIDGE_HISTORY_PERIOD")
     engine_start_timeout: float = Field(120.0, validation_alias="OLLABRIDGE_ENGINE_START_TIMEOUT")
     log_level: str = Field("info", validation_alias="OLLABRIDGE_LOG_LEVEL")
     # GPU nodes (relay + pairing): seconds between pings (3 missed = dead), largest frame in bytes,
@@ -94,10 +99,17 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(8.0, validation_alias="OLLABRIDGE_SHUTDOWN_TIMEOUT")
     metrics: Literal["1", "0", "admin"] = Field("1", validation_alias="OLLABRIDGE_METRICS")
     log_content: bool = Field(False, validation_alias="OLLABRIDGE_LOG_CONTENT")
+    # Several replicas: the Redis that holds their shared state (keys, pairings, device codes, the
+    # generated admin token, rate limits, lock-outs) and GPU node presence; empty: the data dir's
+    # SQLite file (one replica).
+    redis_url: str = Field("", validation_alias="OLLABRIDGE_REDIS_URL")
     # Models the gateway pulls into Ollama in the background after it starts (comma-separated).
     # Empty here so that a local run never downloads by surprise; start.sh (the Space) defaults it to
     # qwen2.5:1.5b. Ignored while the in-box engine serves.
     models_raw: str = Field("", validation_alias="OLLABRIDGE_MODELS")
+    # Several replicas (deploy/): the address the other replicas reach this one at (they forward
+    # requests for the GPU nodes connected here to it).
+    replica_url: str = Field("", validation_alias="OLLABRIDGE_REPLICA_URL")
 
     @cached_property
     def upstreams(self) -> list[str]:

@@ -12,7 +12,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from ollabridge import __version__
-from ollabridge.api import admin_routes, device_routes, errors, node_routes, openapi, relay_routes, system_routes
+from ollabridge.api import (admin_routes, device_routes, errors, internal_routes, node_routes, openapi, relay_routes,
+                            system_routes)
 from ollabridge.api.anthropic import routes as anthropic_routes
 from ollabridge.api.ollama import routes as ollama_routes
 from ollabridge.api.openai import routes as openai_routes
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(relay_routes.router)
     app.include_router(node_routes.router)
     app.include_router(admin_routes.router)
+    app.include_router(internal_routes.router)  # other replicas' requests for the nodes held here
     # Added first, so inside CORS (401/429 carry its headers; preflights skip it): keys, limits,
     # timeouts, graceful shutdown, metrics and the log line (ollabridge/edge/).
     app.add_middleware(EdgeMiddleware, gateway=gateway)

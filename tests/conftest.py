@@ -40,3 +40,33 @@ def gateway_url(engine_url: str, out_dir: Path, tmp_path_factory: pytest.TempPat
     env = gateway_env(tmp_path_factory.mktemp("gateway"), port, OLLAMA_BASE_URL=engine_url)
     with running(["app.py"], f"http://127.0.0.1:{port}/health", env=env, log=out_dir / "gateway.log"):
         yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real redis-server on a free loopback port (harness/redis.py), one for the whole run."""
+    from harness.redis import RedisServer
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def make_state(request: pytest.FixtureRequest, tmp_path: Path):
+    """Makes the shared state (ollabridge/store) of each implementation over the same storage: a second
+    one made is what a restart, or another replica, sees. Redis starts empty for each test."""
+    from ollabridge.store import open_state
+    made = []
+    url = ""
+    if request.param == "redis":
+        import redis
+        url = request.getfixturevalue("redis_server").url
+        redis.Redis.from_url(url).flushdb()
+
+    def make():
+        made.append(open_state(tmp_path, url))
+        return made[-1]
+    make.kind = request.param
+    yield make
+    for state in made:
+        state.close()

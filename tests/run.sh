@@ -11,12 +11,20 @@ command -v "$PY" >/dev/null || PY=python3
 
 # Debian packages a fresh bookworm machine may lack, each only when what it brings is missing:
 # Chromium for the browser tests (never `playwright install`: it downloads its own build), Node for
-# tests/js/seed_example.mjs, a C/C++ toolchain for llama-cpp-python's build, venv for the .venv.
+# tests/js/seed_example.mjs, a C/C++ toolchain for llama-cpp-python's build, venv for the .venv,
+# buildah and debootstrap (with Debian's archive keys) for tests/test_space_image.py, which builds and
+# boots the Space image without a Docker engine; redis-server and HAProxy for the shared-state and
+# replica tests (harness/redis.py and harness/haproxy.py start their own on loopback).
 apt_pkgs=()
+command -v redis-server >/dev/null || apt_pkgs+=(redis-server)
+{ command -v haproxy || [ -x /usr/sbin/haproxy ]; } >/dev/null || apt_pkgs+=(haproxy)
 [ -x /usr/bin/chromium ] || apt_pkgs+=(chromium)
 command -v node >/dev/null || apt_pkgs+=(nodejs)
 command -v npm >/dev/null || apt_pkgs+=(npm)
 { command -v gcc && command -v g++ && command -v make; } >/dev/null || apt_pkgs+=(build-essential)
+command -v buildah >/dev/null || apt_pkgs+=(buildah)
+command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || apt_pkgs+=(debootstrap)
+[ -e /usr/share/keyrings/debian-archive-keyring.gpg ] || apt_pkgs+=(debian-archive-keyring)
 [ -x .venv/bin/python ] || "$PY" -c "import ensurepip, venv" 2>/dev/null || apt_pkgs+=(python3-venv)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   echo "== installing ${apt_pkgs[*]} (Debian packages)"

@@ -14,7 +14,7 @@ from ollabridge.config import Settings
 from ollabridge.gateway import Gateway
 from ollabridge.edge.keys import ApiKeys
 from ollabridge.edge.metrics import Metrics
-from ollabridge.pairing.store import NodeStore
+from ollabridge.store.local import NodeStore
 from ollabridge.edge.ratelimit import RateLimiter
 from ollabridge.relay import protocol as p
 

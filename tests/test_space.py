@@ -66,13 +66,20 @@ def test_front_matter_parses_and_port_matches_app():
 
 def test_dockerfile_copies_existing_files_and_runs_start_sh():
     sources = copy_sources(SPACE / "Dockerfile")
-    assert {"requirements.txt", "app.py", "start.sh", "ollabridge"} <= set(sources)
+    assert {"requirements.lock", "app.py", "start.sh", "ollabridge"} <= set(sources)
     for src in sources:
         assert (ROOT / src).exists(), f"the Dockerfile copies {src}, which is missing"
     cmd = [rest for op, rest in dockerfile_instructions(SPACE / "Dockerfile") if op == "CMD"]
     assert cmd == ['["./start.sh"]']
-    text = (SPACE / "Dockerfile").read_text()
-    assert "ollama.com/install.sh" in text and "pip install" in text
+    # Ollama comes from its pinned official image (no download in a RUN step: the tests build it with a
+    # stand-in, tests/test_space_image.py), and pip installs exactly the lock.
+    ops = dockerfile_instructions(SPACE / "Dockerfile")
+    assert ("FROM", "docker.io/ollama/ollama:${OLLAMA_VERSION} AS ollama") in ops
+    assert re.fullmatch(r"OLLAMA_VERSION=\d+\.\d+\.\d+", next(rest for op, rest in ops if op == "ARG"))
+    assert ("COPY", "--from=ollama /usr/bin/ollama /usr/bin/ollama") in ops
+    assert ("COPY", "--from=ollama /usr/lib/ollama /usr/lib/ollama") in ops
+    runs = " ".join(rest for op, rest in ops if op == "RUN")
+    assert "curl" not in runs and "pip install --no-cache-dir -r /tmp/requirements.lock" in runs
 
 
 def test_start_sh_executable_and_valid():
@@ -91,6 +98,7 @@ def test_staged_space_has_everything_the_image_needs(tmp_path):
     assert (dest / "ollabridge" / "server.py").is_file()
     assert not list(dest.rglob("__pycache__"))
     assert {rel for _, rel in SPACE_FILES} == {p.name for p in dest.iterdir()}
+    assert (dest / "requirements.lock").read_text() == (ROOT / "requirements.lock").read_text()
 
 
 def test_requirements_cover_the_space():

@@ -57,7 +57,7 @@ def ui_url(engine_url: str, upstream: str, out_dir: Path, tmp_path_factory: pyte
     port = free_port()
     env = gateway_env(tmp_path_factory.mktemp("ui-gateway"), port, OLLAMA_BASE_URL=engine_url, OLLABRIDGE_UI="1",
                       OLLABRIDGE_UPSTREAMS=upstream, OLLABRIDGE_DEVICE_INTERVAL="1",
-                      OLLABRIDGE_RELAY_HEARTBEAT="2")
+                      OLLABRIDGE_RELAY_HEARTBEAT="2", OLLABRIDGE_HISTORY_PERIOD="1")
     with running(["app.py"], f"http://127.0.0.1:{port}/health", env=env, log=out_dir / "ui-gateway.log"):
         yield f"http://127.0.0.1:{port}"
 
@@ -267,6 +267,45 @@ def test_pair_a_node_see_it_in_status_then_revoke(browser, ui_url: str, node_oll
         assert nodes == []
         health = httpx.get(ui_url + "/health").json()
         assert health["relay"]["nodes_connected"] == 0
+    assert not watch.problems(), watch.problems()
+
+
+def _series(page, chart: str, name: str) -> dict | None:
+    """A line of a Status chart as the page shows it: its points and last and highest values."""
+    return page.evaluate("([chart, name]) => { const l = [...document.querySelectorAll(`#${chart} polyline`)]"
+                         ".find(e => e.dataset.series === name); return l ? {points: +l.dataset.points, "
+                         "last: +l.dataset.last, max: +l.dataset.max} : null; }", [chart, name])
+
+
+def test_status_charts_the_last_minutes_live_and_shows_speeds_queue_and_streams(browser, ui_url: str, shots: Path):
+    """The Status tab's charts refresh themselves: a stream running now shows as its backend's tokens/s
+    and one request in flight at the newest point; the measured speeds, the queue and the streams'
+    counts are there too."""
+    page, watch, _ = _open(browser, ui_url, DESKTOP)
+    open_tab(page, "Status")
+    page.wait_for_selector("#status-chart-tokens svg")
+    wait_until(lambda: _series(page, "status-chart-load", "in flight"), 15, 0.25, "the load chart's first points")
+    before = _series(page, "status-chart-load", "in flight")["points"]
+    body = {"model": UPSTREAM_MODEL, "messages": [{"role": "user", "content": "long"}], "stream": True,
+            "options": {"num_predict": 4096}}  # the scripted upstream streams a chunk a token, 50 ms apart
+    with httpx.stream("POST", ui_url + "/ollama/api/chat", json=body, timeout=60) as streaming:
+        lines = streaming.iter_lines()
+        assert "tok0" in next(lines)
+        running = wait_until(lambda: (s := _series(page, "status-chart-tokens", "upstream-1")) and s["last"] > 5
+                             and _series(page, "status-chart-load", "in flight")["last"] >= 1 and s, 20, 0.25,
+                             "the running stream at the chart's newest point")
+        assert running["last"] < 40, running  # ~20 tokens/s: what streamed in the interval
+        shoot(page, shots, "status-chart-desktop")
+    assert _series(page, "status-chart-load", "in flight")["points"] > before
+    wait_until(lambda: _series(page, "status-chart-tokens", "upstream-1")["last"] == 0, 20, 0.25,
+               "the chart back to idle once the stream ended")
+    # A finished answer is measured: its backend's speed for the model shows.
+    short = {**body, "stream": False, "options": {"num_predict": 5}}
+    assert httpx.post(ui_url + "/ollama/api/chat", json=short, timeout=60).json()["done"]
+    wait_until(lambda: "upstream-1" in (t := page.inner_text("#status-speeds")) and UPSTREAM_MODEL in t, 15, 0.25,
+               "the upstream's measured speed")
+    assert "nobody waits" in page.inner_text("#status-queue")
+    assert "lost past resuming" in page.inner_text("#status-streams")
     assert not watch.problems(), watch.problems()
 
 

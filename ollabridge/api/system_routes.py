@@ -16,7 +16,8 @@ async def root_probe():
 
 @router.get("/health")
 async def health(request: Request):
-    """Gateway health: ok or degraded, each backend with its models, and relay statistics."""
+    """Gateway health: ok or degraded, each backend with its models, relay statistics, and the shared
+    state (`shared_state.redis`: whether the replicas' Redis answers)."""
     return await request.app.state.gateway.views.health()
 
 

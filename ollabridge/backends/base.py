@@ -55,6 +55,9 @@ class BackendStats:
     total: int = 0
     failed: int = 0
     tokens: int = 0
+    # Tokens streamed so far, counted as they pass (one a chunk, as Ollama streams; the final chunk's
+    # count tops it up): what the Status tab's tokens/s history samples.
+    streamed: int = 0
     last_tokens_per_s: float | None = None
     speeds: dict[str, Speed] = field(default_factory=dict)  # by model, once a stream of it finished
 

@@ -217,7 +217,8 @@ class Http1Pool:
     """Keep-alive connections to one `http://host:port`, most recently used first."""
 
     def __init__(self, base_url: str, *, connect_timeout: float = 5.0, max_idle: int = 256,
-                 idle_expiry: float = 30.0, user_agent: str = "ollabridge") -> None:
+                 idle_expiry: float = 30.0, user_agent: str = "ollabridge",
+                 headers: dict[str, str] | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http":
             raise ValueError(f"Http1Pool serves plain http:// only, not {base_url!r}")
@@ -229,17 +230,21 @@ class Http1Pool:
         self.idle_expiry = idle_expiry
         self._host_header = parts.netloc.rsplit("@", 1)[-1]
         self._agent = user_agent
+        # Sent with every request (a replica's credential for another replica's internal endpoint).
+        self._extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self._idle: deque[_Conn] = deque()
 
     async def request(self, method: str, path: str, body: bytes, *, timeout: float,
-                      content_type: str = "application/json") -> Http1Response:
+                      content_type: str = "application/json", headers: dict[str, str] | None = None
+                      ) -> Http1Response:
         """Send a request and wait up to `timeout` s for the reply's head.
 
         A kept-alive connection the upstream had closed is retried once on a new one.
         Raises OSError (ConnectionError, MalformedResponse) or TimeoutError.
         """
+        extra = self._extra + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) if headers else self._extra
         head = (f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: {self._host_header}\r\n"
-                f"User-Agent: {self._agent}\r\nContent-Type: {content_type}\r\n"
+                f"User-Agent: {self._agent}\r\n{extra}Content-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
         while True:
             conn, reused = self._take(), True
@@ -361,11 +366,13 @@ READ_ERRORS = (OSError, httpx.HTTPError)  # what reading a reply raises, besides
 
 
 async def post_stream(pool: Http1Pool | None, client: httpx.AsyncClient, path: str, payload: bytes,
-                      timeout: float) -> Reply:
-    """POST JSON `payload` and wait up to `timeout` s for the reply's head: on `pool` when given."""
+                      timeout: float, headers: dict[str, str] | None = None) -> Reply:
+    """POST JSON `payload` (with `headers` besides the pool's) and wait up to `timeout` s for the
+    reply's head: on `pool` when given."""
     if pool is not None:
-        return await pool.request("POST", path, payload, timeout=timeout)
-    request = client.build_request("POST", path, content=payload, headers={"Content-Type": "application/json"})
+        return await pool.request("POST", path, payload, timeout=timeout, headers=headers)
+    request = client.build_request("POST", path, content=payload,
+                                   headers={"Content-Type": "application/json", **(headers or {})})
     async with asyncio.timeout(timeout):
         return HttpxReply(await client.send(request, stream=True))
 

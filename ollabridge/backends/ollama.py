@@ -21,7 +21,8 @@ class OllamaBackend(Backend):
     """Speaks Ollama's native API: chat and generate over a lean keep-alive pool for plain http, else httpx."""
 
     def __init__(self, name: str, base_url: str, *, kind: str = "ollama", connect_timeout: float = 5.0,
-                 first_token_timeout: float = 300.0, idle_timeout: float = 120.0) -> None:
+                 first_token_timeout: float = 300.0, idle_timeout: float = 120.0,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(name)
         self.kind = kind
         self.base_url = base_url.rstrip("/")
@@ -30,16 +31,16 @@ class OllamaBackend(Backend):
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(connect=connect_timeout, read=None, write=30.0, pool=None),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256), headers=headers,
         )
         self._pool = (http1.Http1Pool(self.base_url, connect_timeout=connect_timeout,
-                                      user_agent=f"ollabridge/{__version__}")
+                                      user_agent=f"ollabridge/{__version__}", headers=headers)
                        if http1.direct_http(self.base_url) else None)
 
     async def stream(self, op: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         try:
             reply = await http1.post_stream(self._pool, self._client, _STREAMS[op], _dumps(body),
-                                            self.first_token_timeout)
+                                            self.first_token_timeout, self.request_headers())
         except TimeoutError:
             raise BackendError(f"{self.name}: no answer within {self.first_token_timeout:g}s",
                                status=504, retryable=True, backend=self.name) from None
@@ -80,6 +81,10 @@ class OllamaBackend(Backend):
         finally:
             await http1.close(reply)
 
+    def request_headers(self) -> dict[str, str] | None:
+        """Headers for this one request, besides the backend's own (none for an Ollama)."""
+        return None
+
     async def call(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self._json("POST", _OPS[op], body)
 
@@ -116,7 +121,7 @@ class OllamaBackend(Backend):
                     timeout: float | None = None) -> dict[str, Any]:
         try:
             response = await self._client.request(
-                method, path, json=body,
+                method, path, json=body, headers=self.request_headers(),
                 timeout=httpx.Timeout(timeout or self.first_token_timeout, connect=self._client.timeout.connect))
         except httpx.HTTPError as exc:
             raise BackendError(f"{self.name} is unreachable: {exc!r}", status=502, retryable=True,

@@ -8,12 +8,19 @@ asked for and hand the router the dict it fills with the backend that served and
 from __future__ import annotations
 
 import asyncio
+from contextvars import ContextVar
 from typing import Any, AsyncIterator
 
 # An in-process caller (the web UI, ollabridge/ui/edge_call.py) puts a dict at this key of the ASGI
 # scope's `extensions`; `track` makes it the request's `served`, so the caller learns which backend
 # answered. No HTTP client can set it (servers fill `extensions` themselves).
 SERVED_EXTENSION = "ollabridge.served"
+# The id of the request being served (its task's), for what passes it on: a replica forwarding a request
+# to another sends it as X-Request-ID, so both log lines carry the same id.
+REQUEST_ID: ContextVar[str | None] = ContextVar("ollabridge_request_id", default=None)
+
+#: Client addresses of this machine (the owner, a local app, the bench).
+LOOPBACK = ("127.", "::1", "::ffff:127.")
 
 
 class RequestContext:

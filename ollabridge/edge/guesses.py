@@ -8,6 +8,10 @@ an hour), and every check from it answers 429 with `Retry-After`, the right secr
 the right one through would still tell a guesser when it found it. A missing secret is no guess.
 An address's record is forgotten an hour after its last lock-out ends. All calls come from the event
 loop or from the UI's worker threads: a lock keeps the counts right.
+
+With a shared ledger (several replicas on Redis) wrong tries are counted there, over all replicas (one
+script call per wrong try), and a lock-out is told to every replica at once; the right secret's check
+stays local (no I/O). While Redis is down each replica counts alone here.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ import math
 import threading
 import time
 from collections import deque
-from typing import Callable
+from typing import Any, Callable
 
 from ollabridge.errors import GatewayError
+from ollabridge.store.base import StateUnavailable
 
 WINDOW = 60.0  # seconds over which wrong tries are counted
 MAX_LOCKOUT = 3600.0
@@ -41,13 +46,24 @@ class _Record:
 
 class Guesses:
     def __init__(self, limit: int = 10, lockout: float = 60.0, *, max_addresses: int = 50_000,
-                 on_refuse: Callable[[], None] | None = None) -> None:
+                 on_refuse: Callable[[], None] | None = None, shared: Any = None) -> None:
         self.limit = limit
         self.lockout = lockout
         self.max_addresses = max_addresses
         self.on_refuse = on_refuse  # called for each 429 (the gateway counts it in its metrics)
         self._records: dict[str, _Record] = {}
         self._lock = threading.Lock()
+        # None, or a ledger over every replica: `wrong(client, limit, lockout, window, max_lockout) ->
+        # (0 counted | 1 locked now | 2 locked, seconds)` and `on_locked(callback(client, seconds))`.
+        self.shared = shared
+        if shared is not None:
+            shared.on_locked(self.locked)
+
+    def locked(self, client: str, seconds: float) -> None:
+        """Another replica locked `client` out for `seconds`: refuse it here too."""
+        with self._lock:
+            record = self._records.setdefault(client, _Record())
+            record.until = max(record.until, time.monotonic() + seconds)
 
     def guard(self, client: str, right: bool, now: float | None = None) -> bool:
         """Whether the secret `client` sent is `right`; a wrong one counts against the address. Raises
@@ -61,6 +77,10 @@ class Guesses:
                 retry = max(1, math.ceil(record.until - now))
             elif right:
                 return True
+            elif self.shared is not None and (state := self._shared_wrong(client, now)) is not None:
+                if state < 2:  # counted, or locked by this very try (refused from the next one)
+                    return False
+                retry = max(1, math.ceil(self._records[client].until - now))
             else:
                 self._wrong(client, record, now)
                 return False
@@ -68,6 +88,18 @@ class Guesses:
             self.on_refuse()
         raise TooManyGuesses(f"Too many wrong tokens or keys from this address; try again in {retry}s.",
                              headers={"Retry-After": str(retry)})
+
+    def _shared_wrong(self, client: str, now: float) -> int | None:
+        """Count a wrong try in the shared ledger: 0 counted, 1 locked now, 2 already locked (the lock
+        is kept here too); None when it cannot be reached (then it is counted here)."""
+        try:
+            state, seconds = self.shared.wrong(client, self.limit, self.lockout, WINDOW, MAX_LOCKOUT)
+        except StateUnavailable:
+            return None
+        if state:
+            record = self._records.setdefault(client, _Record())
+            record.until = now + seconds
+        return state
 
     def _wrong(self, client: str, record: _Record | None, now: float) -> None:
         if record is None:

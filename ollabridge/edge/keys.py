@@ -1,9 +1,14 @@
 """API keys for the public API: `OLLABRIDGE_API_KEYS` plus keys the owner mints and revokes.
 
 Minted keys (`obk_` + 256 random bits) are shown once and stored only as SHA-256 hashes in the
-data dir's SQLite file (the pairing store's `ollabridge.db`, through the same `SQLiteStore`).
-Every key lives in memory too, by hash, so checking one costs a hash and a dict lookup. With no
-key configured and none minted the API is open. The admin token is never an API key.
+shared state (`ollabridge.store.open_state`: the data dir's `ollabridge.db`, or Redis for several
+replicas). Every key lives in memory too, by hash, so checking one costs a hash and a dict lookup (a secret
+not there is looked up once in the store: a key just minted on another replica works at once); a
+key minted or revoked on another replica reloads that copy within a second (the state's
+"keys_changed" event, and "resync" after Redis comes back). While Redis is down the keys already
+loaded keep working; with Redis down from the start the API stays closed to all but
+OLLABRIDGE_API_KEYS (never open by accident). With no key configured and none minted the API is
+open. The admin token is never an API key.
 """
 
 from __future__ import annotations
@@ -18,24 +23,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ollabridge.errors import GatewayError
-from ollabridge.store.sqlite import OpensStore, SQLiteStore, hash_token, iso
+from ollabridge.store import open_state
+from ollabridge.store.base import StateUnavailable
+from ollabridge.store.sqlite import OpensStore, hash_token, iso
 
 log = logging.getLogger("ollabridge.edge.keys")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_keys (
-    key_id    TEXT PRIMARY KEY,
-    name      TEXT NOT NULL,
-    key_hash  TEXT NOT NULL UNIQUE,
-    prefix    TEXT NOT NULL,
-    created   REAL NOT NULL,
-    revoked   REAL,
-    rpm       INTEGER,
-    streams   INTEGER,
-    weight    REAL
-);
-"""
-
 
 class KeyNotFound(GatewayError):
     status = 404
@@ -55,39 +47,15 @@ class Key:
     weight: float = 1.0  # its share of the router's queue: turns per turn of a weight-1 caller
 
 
-class KeyStore(SQLiteStore):
-    SCHEMA = SCHEMA
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        if "weight" not in {row["name"] for row in self._all("PRAGMA table_info(api_keys)")}:
-            self._exec("ALTER TABLE api_keys ADD COLUMN weight REAL")  # a database from before weights
-
-    def add(self, key_id: str, name: str, secret: str, rpm: int | None, streams: int | None,
-            weight: float | None = None) -> dict[str, Any]:
-        now = time.time()
-        self._exec("INSERT INTO api_keys (key_id, name, key_hash, prefix, created, rpm, streams, weight) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   (key_id, name, hash_token(secret), secret[:8], now, rpm, streams, weight))
-        return self.get(key_id) or {}
-
-    def get(self, key_id: str) -> dict[str, Any] | None:
-        return self._one("SELECT * FROM api_keys WHERE key_id = ?", (key_id,))
-
-    def live(self) -> list[dict[str, Any]]:
-        return self._all("SELECT * FROM api_keys WHERE revoked IS NULL ORDER BY created")
-
-    def revoke(self, key_id: str) -> bool:
-        return self._exec("UPDATE api_keys SET revoked = ? WHERE key_id = ? AND revoked IS NULL",
-                          (time.time(), key_id)) > 0
-
-
-
-class ApiKeys(OpensStore[KeyStore]):
+class ApiKeys(OpensStore[Any]):
     """The keys the API accepts. `check(secret)` is the per-request call (no I/O)."""
 
-    def __init__(self, data_dir: str | Path, env_keys: list[str], is_admin: Callable[[str], bool]) -> None:
+    def __init__(self, data_dir: str | Path, env_keys: list[str], is_admin: Callable[[str], bool],
+                 state: Any = None) -> None:
         self.data_dir = Path(data_dir)
+        self._state = state if state is not None else open_state(self.data_dir)
+        self._owns_state = state is None
+        self._ever_loaded = self._missing = False
         self._is_admin = is_admin
         self._env: dict[str, Key] = {}
         for secret in env_keys:
@@ -95,14 +63,16 @@ class ApiKeys(OpensStore[KeyStore]):
             self._env[digest] = Key(id=f"env-{digest[:8]}", name=f"OLLABRIDGE_API_KEYS #{len(self._env) + 1}",
                                     source="env")
         self._minted: dict[str, Key] = {}
-        self._store: KeyStore | None = None
+        self._store: Any = None
         self._lock = threading.Lock()
 
     def open(self) -> None:
         with self._lock:
             if self._store is None:
-                self._store = KeyStore(self.data_dir / "ollabridge.db")
-        self._load()
+                self._store = self._state.keys()
+                self._state.subscribe("keys_changed", self._reload)
+                self._state.subscribe("resync", self._reload)
+        self._reload()
         if self.enabled:
             log.info("API keys required on /v1, /ollama/v1 and /ollama/api (%d from OLLABRIDGE_API_KEYS, %d minted)",
                      len(self._env), len(self._minted))
@@ -112,23 +82,52 @@ class ApiKeys(OpensStore[KeyStore]):
         if admin_token and self._env.pop(hash_token(admin_token), None) is not None:
             log.warning("OLLABRIDGE_API_KEYS lists the admin token; it is ignored (it never works as an API key)")
 
+    def _reload(self, event: Any = None) -> None:
+        """Load the minted keys; while the state is unreachable keep the ones held (none at first:
+        then `enabled` stays True, so the API is not left open)."""
+        try:
+            self._load()
+        except StateUnavailable as exc:
+            self._missing = not self._ever_loaded
+            log.warning("API keys not reloaded: %s", exc)
+
     def _load(self) -> None:
-        self._minted = {row["key_hash"]: Key(id=row["key_id"], name=row["name"], source="minted", rpm=row["rpm"],
-                                             streams=row["streams"], weight=row["weight"] or 1.0)
-                        for row in self.store.live()}
+        self._minted = {row["key_hash"]: self._key(row) for row in self.store.live()}
+        self._ever_loaded, self._missing = True, False
+
+    @staticmethod
+    def _key(row: dict[str, Any]) -> Key:
+        return Key(id=row["key_id"], name=row["name"], source="minted", rpm=row["rpm"], streams=row["streams"],
+                   weight=row["weight"] or 1.0)
 
     # -- the per-request check ---------------------------------------------------------------
     @property
     def enabled(self) -> bool:
-        return bool(self._env or self._minted)
+        return bool(self._env or self._minted or self._missing)
 
     def check(self, secret: str) -> Key | None:
-        """The key this secret is, or None (also for the admin token, which is never a key)."""
+        """The key this secret is, or None (also for the admin token, which is never a key). A secret
+        not in memory is looked up once in the store: a key another replica minted a moment ago
+        works at once, before its event arrives (wrong secrets are few: edge/guesses.py limits them)."""
         digest = hashlib.sha256(secret.encode()).hexdigest()
-        key = self._minted.get(digest) or self._env.get(digest)
+        key = self._minted.get(digest) or self._env.get(digest) or self._fresh(digest)
         if key is None or self._is_admin(secret):
             return None
         return key
+
+    def _fresh(self, digest: str) -> Key | None:
+        try:
+            row = self.store.by_hash(digest)
+        except StateUnavailable:
+            return None
+        if row is None or row["revoked"] is not None:
+            return None
+        key = self._minted[digest] = self._key(row)
+        return key
+
+    def name_of(self, key_id: str) -> str | None:
+        """The name of the live key `key_id` (None when there is none)."""
+        return next((k.name for k in (*self._minted.values(), *self._env.values()) if k.id == key_id), None)
 
     # -- the owner's side (admin token checked by the route) ---------------------------------
     def mint(self, name: str, rpm: int | None = None, streams: int | None = None,
@@ -137,6 +136,7 @@ class ApiKeys(OpensStore[KeyStore]):
         key_id = "key_" + secrets.token_hex(6)
         row = self.store.add(key_id, name, secret, rpm, streams, weight)
         self._load()
+        self._state.publish("keys_changed", key_id=key_id)
         log.info("API key %s (%r) minted", key_id, name)
         return {**self._describe(row), "key": secret}
 
@@ -154,6 +154,7 @@ class ApiKeys(OpensStore[KeyStore]):
             raise KeyNotFound(f"No live API key has the id '{key_id}'.")
         self.store.revoke(key_id)
         self._load()
+        self._state.publish("keys_changed", key_id=key_id)
         log.info("API key %s (%r) revoked", key_id, row["name"])
         return {"id": key_id, "name": row["name"], "revoked": True, "api_open": not self.enabled}
 

@@ -7,6 +7,7 @@ update plain dicts on the event loop and `prometheus_client` only formats them a
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from typing import Any, Iterable
 
@@ -131,17 +132,14 @@ class _Collector:
                                 value=gw.router.waiting)
         yield GaugeMetricFamily("ollabridge_draining", "1 while the gateway shuts down gracefully",
                                 value=1 if gw.drain.draining else 0)
-        streams = gw.router.stream_stats()
-        resumes = CounterMetricFamily("ollabridge_stream_resumes",
-                                      "Streams lost mid-answer: resumed on another backend, or failed", labels=["result"])
-        resumes.add_metric(["resumed"], streams["resumed"])
-        resumes.add_metric(["failed"], streams["resume_failed"])
-        yield resumes
-        probes = CounterMetricFamily("ollabridge_stall_probes",
-                                     "GPU nodes pinged because a stream went silent: alive, or lost", labels=["result"])
-        probes.add_metric(["alive"], streams["stall_probes_alive"])
-        probes.add_metric(["lost"], streams["stalls_lost"])
-        yield probes
+        by_caller = GaugeMetricFamily("ollabridge_queue_waiting_by_caller",
+                                      "Requests waiting for a slot, by caller: key:<API key name>, local, or "
+                                      "client-<hash of the address>; past 20 callers the rest as other",
+                                      labels=["caller"])
+        for caller, n in gw.views.queue()["by_caller"].items():
+            by_caller.add_metric([caller], n)
+        yield by_caller
+        yield from _stream_counts(gw.router.stream_stats())
         stats = gw.hub.stats()
         yield GaugeMetricFamily("ollabridge_nodes_connected", "GPU nodes connected over the relay",
                                 value=stats["nodes_connected"])
@@ -153,12 +151,56 @@ class _Collector:
                                 "Generation speed of the last finished request per backend", labels=["backend", "kind"])
         up = GaugeMetricFamily("ollabridge_backend_up", "Whether the backend answered its last model-list fetch",
                                labels=["backend", "kind"])
+        speed = GaugeMetricFamily("ollabridge_backend_model_tokens_per_second",
+                                  "Moving average of a backend's tokens a second for a model (what routing chooses by)",
+                                  labels=["backend", "kind", "model"])
+        ttft = GaugeMetricFamily("ollabridge_backend_model_ttft_seconds",
+                                 "Moving average of a backend's time to first chunk for a model",
+                                 labels=["backend", "kind", "model"])
         for backend in list(gw.router.backends):
             labels = [backend.name, backend.kind]
             in_flight.add_metric(labels, backend.stats.in_flight)
             up.add_metric(labels, 1 if backend.reachable else 0)
             if backend.stats.last_tokens_per_s is not None:
                 tps.add_metric(labels, backend.stats.last_tokens_per_s)
+            for model, measured in list(backend.stats.speeds.items()):
+                speed.add_metric([*labels, model], measured.tokens_per_s)
+                ttft.add_metric([*labels, model], measured.ttft_s)
         yield in_flight
         yield tps
         yield up
+        yield speed
+        yield ttft
+
+
+#: The router's stream counts (`Router.stream_stats`) that make one counter with a result label.
+_BY_RESULT = {"resumed": ("ollabridge_stream_resumes", "resumed"),
+              "resume_failed": ("ollabridge_stream_resumes", "failed"),
+              "stall_probes_alive": ("ollabridge_stall_probes", "alive"),
+              "stalls_lost": ("ollabridge_stall_probes", "lost"),
+              "affinity_hits": ("ollabridge_affinity", "hit"),
+              "affinity_yielded": ("ollabridge_affinity", "yielded"),
+              "affinity_misses": ("ollabridge_affinity", "miss")}
+_RESULT_DOCS = {"ollabridge_stream_resumes": "Streams lost mid-answer: resumed on another backend, or failed",
+                "ollabridge_stall_probes": "GPU nodes pinged because a stream went silent: alive, or lost",
+                "ollabridge_affinity": "Requests with a conversation: served by the backend holding its prefix "
+                                       "(hit), elsewhere as it was full or slower (yielded), or with none (miss)"}
+_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def _stream_counts(streams: dict[str, Any]) -> Iterable[Any]:
+    """The router's stream counts as counters: resumes and stall probes by result, and every other
+    count it keeps (affinity hits, ...) as `ollabridge_<its name>_total`."""
+    families = {name: CounterMetricFamily(name, doc, labels=["result"]) for name, doc in _RESULT_DOCS.items()}
+    others = []
+    for key, value in streams.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if key in _BY_RESULT:
+            name, result = _BY_RESULT[key]
+            families[name].add_metric([result], value)
+        elif _NAME.fullmatch(key):
+            others.append(CounterMetricFamily(f"ollabridge_{key}", f"Streams: {key.replace('_', ' ')} "
+                                              "(Router.stream_stats)", value=value))
+    yield from families.values()
+    yield from others

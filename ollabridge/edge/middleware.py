@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ollabridge.api.errors import ndjson_error_line, render
 from ollabridge.edge import access_log
 from ollabridge.edge.auth import api_key
-from ollabridge.edge.context import RequestContext, client_address
+from ollabridge.edge.context import LOOPBACK, REQUEST_ID, RequestContext, client_address
 from ollabridge.edge.guesses import TooManyGuesses
 from ollabridge.errors import GatewayError
 
@@ -35,9 +35,11 @@ DOUBLED = ("/v1/v1/", "/ollama/v1/v1/")
 GENERATION = frozenset(prefix + path for prefix in ("", "/ollama") for path in (
     "/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages", "/v1/embeddings")) | frozenset({
     "/ollama/api/chat", "/ollama/api/generate", "/ollama/api/embed", "/ollama/api/embeddings"})
+# Other replicas' requests for the GPU nodes held here (api/internal_routes.py, its own credential):
+# no keys or limits of the callers' (the forwarding replica applied them), but the drain's 503 and wait.
+INTERNAL = "/internal/"
 # Other routes that get a log line and metrics (the web UI's own requests get neither).
-OBSERVED = ("/admin/", "/device/", "/health", "/metrics", "/ollama/status", "/node/")
-LOOPBACK = ("127.", "::1", "::ffff:127.")
+OBSERVED = ("/admin/", "/device/", "/health", "/metrics", "/ollama/status", "/node/", INTERNAL)
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
@@ -94,6 +96,7 @@ class EdgeMiddleware:
                 forwarded = value.decode("latin-1") if forwarded is None else f"{forwarded},{value.decode('latin-1')}"
         ctx = RequestContext(rid or os.urandom(8).hex(), scope["method"], path, loop.time())
         scope["ollabridge"] = ctx
+        REQUEST_ID.set(ctx.id)  # this request's task only
         ctx.client = self.client_address(scope, forwarded)
         id_header = (b"x-request-id", ctx.id.encode())
 
@@ -105,7 +108,8 @@ class EdgeMiddleware:
             await response(scope, receive, send)
 
         drain = gw.drain
-        if drain.draining and (api or path == "/health"):
+        internal = path.startswith(INTERNAL)
+        if drain.draining and (api or internal or path == "/health"):
             await refuse(503, "The gateway is shutting down; retry in a few seconds.",
                          {"Retry-After": "5", "Connection": "close"}, code="shutting_down")
             self._finish(ctx, scope)
@@ -127,7 +131,7 @@ class EdgeMiddleware:
                 if key is None:
                     gw.metrics.auth_failures += 1
                     # Requests without a valid key spend the address's budget too.
-                    retry = gw.limiter.take("ip:" + ctx.client, self.rpm)
+                    retry = await gw.limiter.spend("ip:" + ctx.client, self.rpm)
                     if retry:
                         gw.metrics.limited("ip", "rpm")
                         await refuse(429, f"Rate limit reached: {self.rpm} requests a minute from this address. "
@@ -158,7 +162,7 @@ class EdgeMiddleware:
                 ident, scope_name, rpm, streams = "ip:" + ctx.client, "ip", 0, 0
             else:
                 ident, scope_name, rpm, streams = "ip:" + ctx.client, "ip", self.rpm, self.streams
-            retry = gw.limiter.take(ident, rpm)
+            retry = await gw.limiter.spend(ident, rpm)
             if retry:
                 gw.metrics.limited(scope_name, "rpm")
                 who = "this key" if key is not None else "this address"
@@ -182,6 +186,10 @@ class EdgeMiddleware:
             drain.enter(ctx)
             if self.request_timeout > 0:
                 ctx.timer = loop.call_at(ctx.started + self.request_timeout, ctx.expire, self.request_timeout)
+
+        if internal:
+            ctx.task = asyncio.current_task()
+            drain.enter(ctx)
 
         async def tracked_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -216,7 +224,7 @@ class EdgeMiddleware:
                 ctx.timer.cancel()
             if ctx.held:
                 gw.limiter.leave(ctx.ident)
-            if api:
+            if api or internal:
                 drain.leave(ctx)
             self._finish(ctx, scope)
 

@@ -2,12 +2,21 @@
 
 An identity is `key:<id>` for a request with a valid API key, else `ip:<client address>`. All
 calls come from the event loop (no lock); each is a dict lookup and a little arithmetic.
+
+With a shared budget (several replicas on Redis: ollabridge/store/redis.py, GCRA) `spend` takes the
+requests a minute from it, so a 60 rpm key gets 60 a minute over all replicas; while Redis is down
+each replica falls back to its own bucket here (up to `rpm` per replica until Redis is back).
+Requests in flight (`enter`/`leave`) are counted per replica: a shared count would leak a crashed
+replica's streams.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from typing import Any
+
+from ollabridge.store.base import StateUnavailable
 
 
 class _Bucket:
@@ -20,9 +29,10 @@ class _Bucket:
 
 
 class RateLimiter:
-    def __init__(self, max_identities: int = 50_000) -> None:
+    def __init__(self, max_identities: int = 50_000, shared: Any = None) -> None:
         self._buckets: dict[str, _Bucket] = {}
         self.max_identities = max_identities
+        self.shared = shared  # None, or a budget with `async take(ident, rpm) -> int` over every replica
 
     def _bucket(self, ident: str, rpm: int, now: float) -> _Bucket:
         bucket = self._buckets.get(ident)
@@ -44,6 +54,15 @@ class RateLimiter:
             bucket.tokens -= 1.0
             return 0
         return max(1, math.ceil((1.0 - bucket.tokens) * 60.0 / rpm))
+
+    async def spend(self, ident: str, rpm: int) -> int:
+        """`take` from the shared budget when there is one (and Redis answers), else from this bucket."""
+        if rpm > 0 and self.shared is not None:
+            try:
+                return await self.shared.take(ident, rpm)
+            except StateUnavailable:
+                pass
+        return self.take(ident, rpm)
 
     def enter(self, ident: str, limit: int, rpm: int = 0) -> bool:
         """Start a request in flight; False when `limit` are already (then nothing is counted)."""

@@ -10,6 +10,11 @@ token, ~20% of 2-core decode speed; bench figure 6). Text pieces reach the event
 releases. `Job.cancel()` (client gone) is seen by the worker before the next token, so the engine
 is free again within a token. The lock is released when the worker actually returns, never earlier.
 
+The context keeps the tokens of the last generation (one sequence): `Llama.generate` keeps the
+longest common prefix of those and the next prompt in the KV cache and evaluates only the rest, so a
+conversation's next turn (same system prompt and earlier turns) costs only its new messages; nothing
+here resets it. The gateway's conversation affinity (routing/affinity.py) sends the next turn back.
+
 Embeddings use a second Llama (embedding=True, mean pooling) created on the first embed request,
 with its own lock; each call runs on a fresh thread that then exits, freeing its OpenMP team. Its
 context is 512 tokens: llama.cpp computes full-vocabulary logits for every input token even in

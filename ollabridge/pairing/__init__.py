@@ -2,7 +2,10 @@
 
 The gateway builds one `PairingService` (`gateway.pairing`); the `/device/*` routes and the
 web UI's "Pair a device" tab both call it. Every method is synchronous and thread-safe (a UI
-worker thread may call it), and finishes at once (memory and a local SQLite file).
+worker thread may call it), and finishes at once: paired nodes, pending codes and the generated
+admin token are in the shared state (ollabridge/store: memory and a local SQLite file, or one Redis
+for several replicas, where a code started on one replica is approved and polled on any). While
+Redis is down what needs it raises `StateUnavailable` (503).
 
 Methods for the owner (the API routes and the UI):
 
@@ -22,7 +25,7 @@ Methods for the owner (the API routes and the UI):
   caller's address (the edge's, X-Forwarded-For per OLLABRIDGE_FORWARDED_HOPS): wrong tokens from
   it are limited (`guesses`, ollabridge/edge/guesses.py; `TooManyGuesses`, 429, past the limit).
 - `admin_source` is "env" (OLLABRIDGE_ADMIN_TOKEN) or "file" (generated at first boot into
-  `<data dir>/admin_token`, mode 0600, printed once in the log).
+  `<data dir>/admin_token`, mode 0600, or into Redis for every replica; printed once in the log).
 
 Errors are `PairingError` subclasses (also `ollabridge.errors.GatewayError`, so the API
 renders them); `str(exc)` is a sentence to show as is:

@@ -12,13 +12,14 @@ import secrets
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ollabridge.edge.guesses import Guesses
 from ollabridge.errors import GatewayError
-from ollabridge.pairing.store import NodeStore
+from ollabridge.store import open_state
+from ollabridge.store.base import StateUnavailable
 from ollabridge.store.sqlite import OpensStore, iso
 
 log = logging.getLogger("ollabridge.pairing")
@@ -124,11 +125,14 @@ def _short_offers(offers: dict[str, Any]) -> dict[str, Any]:
             "vram_mb": caps.get("vram_mb"), "slots": caps.get("slots"), "agent": offers.get("agent")}
 
 
-class PairingService(OpensStore[NodeStore]):
+class PairingService(OpensStore[Any]):
     def __init__(self, data_dir: str | Path, admin_token: str = "", public_url: str = "", *,
                  expires_in: int = 600, interval: float = 5, max_pending: int = 50,
-                 starts_per_minute: int = 10, guesses: Guesses | None = None) -> None:
+                 starts_per_minute: int = 10, guesses: Guesses | None = None, state: Any = None) -> None:
         self.data_dir = Path(data_dir)
+        #: Paired nodes, pending codes and the generated admin token (ollabridge/store: open_state).
+        self._state = state if state is not None else open_state(self.data_dir)
+        self._owns_state = state is None
         # On a Hugging Face Space, SPACE_HOST names the public host (the proxy hides the scheme).
         space = os.environ.get("SPACE_HOST", "").split(",")[0].strip()
         self.public_url = (public_url or (f"https://{space}" if space else "")).rstrip("/")
@@ -141,10 +145,9 @@ class PairingService(OpensStore[NodeStore]):
         self._env_admin = admin_token
         self._admin: str | None = None
         self.admin_source = "env" if admin_token else "file"
-        self._store: NodeStore | None = None
+        self._store: Any = None
         self._lock = threading.RLock()
-        self._pending: dict[str, _Pending] = {}  # by device_code
-        self._by_user: dict[str, _Pending] = {}  # by normalized user_code
+        self._codes = self._state.codes()  # pending device codes, by device_code and by user_code
         self._starts: dict[str, deque[float]] = {}
         #: The relay hub (set by the gateway): gives live state and closes revoked nodes' sockets.
         self.hub: Any = None
@@ -153,33 +156,27 @@ class PairingService(OpensStore[NodeStore]):
 
     # -- life --------------------------------------------------------------------------------
     def open(self) -> None:
-        """Open the store and load (or create and log once) the admin token."""
+        """Get the store and load (or create and log once) the admin token."""
         with self._lock:
             if self._store is None:
-                self._store = NodeStore(self.data_dir / "ollabridge.db")
+                self._store = self._state.nodes()
+                self._state.subscribe("node_revoked", lambda event: self._revoked(event["node_id"]))
             if self._admin is None:
-                self._admin = self._env_admin or self._file_admin_token()
+                try:
+                    self._admin = self._env_admin or self._generated_admin_token()
+                except StateUnavailable as exc:  # asked again at the next admin check
+                    log.warning("admin token not read (%s): admin actions are refused until it is", exc)
 
-    def _file_admin_token(self) -> str:
-        path = self.data_dir / "admin_token"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            token = path.read_text().strip()
-            if token:
-                os.chmod(path, 0o600)
-                log.info("admin token: kept in %s (set OLLABRIDGE_ADMIN_TOKEN to choose your own)", path)
-                return token
-        except FileNotFoundError:
-            pass
-        token = secrets.token_urlsafe(24)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(token + "\n")
-        os.chmod(path, 0o600)
+    def _generated_admin_token(self) -> str:
+        token, created = self._state.admin_token()
+        where = self._state.where()
+        if not created:
+            log.info("admin token: kept in %s (set OLLABRIDGE_ADMIN_TOKEN to choose your own)", where)
+            return token
         bar = "=" * 72
         log.warning("\n%s\nOLLABRIDGE ADMIN TOKEN (generated now; shown only this once):\n\n    %s\n\n"
-                    "It approves GPU nodes. Kept in %s (mode 0600).\nSet OLLABRIDGE_ADMIN_TOKEN "
-                    "(a Space secret) to choose your own.\n%s", bar, token, path, bar)
+                    "It approves GPU nodes. Kept in %s (owner-only).\nSet OLLABRIDGE_ADMIN_TOKEN "
+                    "(a Space secret) to choose your own.\n%s", bar, token, where, bar)
         return token
 
     # -- admin ---------------------------------------------------------------------------------
@@ -213,19 +210,18 @@ class PairingService(OpensStore[NodeStore]):
         with self._lock:
             self._purge(now)
             self._limit(client, now)
-            live = sum(1 for p in self._pending.values() if p.status == "pending")
+            live = sum(1 for p in self._codes.waiting() if p["expires_at"] > now)
             if live >= self.max_pending:
                 raise RateLimited(f"Too many pairing codes are waiting for approval ({live}); try again "
                                   "in a few minutes.", headers={"Retry-After": "60"})
-            user_code = "".join(secrets.choice(ALPHABET) for _ in range(CODE_LENGTH))
-            while user_code in self._by_user:
+            while True:
                 user_code = "".join(secrets.choice(ALPHABET) for _ in range(CODE_LENGTH))
-            pending = _Pending(device_code=secrets.token_urlsafe(32), user_code=user_code,
-                               name=(name or "gpu-node").strip()[:64] or "gpu-node", client=client,
-                               offers=_short_offers(offers or {}), created=now,
-                               expires_at=now + self.expires_in, interval=self.interval)
-            self._pending[pending.device_code] = pending
-            self._by_user[user_code] = pending
+                pending = _Pending(device_code=secrets.token_urlsafe(32), user_code=user_code,
+                                   name=(name or "gpu-node").strip()[:64] or "gpu-node", client=client,
+                                   offers=_short_offers(offers or {}), created=now,
+                                   expires_at=now + self.expires_in, interval=self.interval)
+                if self._codes.add(asdict(pending)):  # False: that user code is taken
+                    break
         base = self.base_url(base_url)
         shown = format_code(user_code)
         log.info("pairing code %s issued for %r from %s", shown, pending.name, client or "?")
@@ -240,7 +236,8 @@ class PairingService(OpensStore[NodeStore]):
         address `client` as a wrong guess (TooManyGuesses past the limit)."""
         now = time.time()
         with self._lock:
-            pending = self._pending.get(str(device_code or ""))
+            record = self._codes.get(str(device_code or ""))
+            pending = _Pending(**record) if record else None
             if not self.guesses.guard(client, pending is not None):
                 raise DeviceFlowError("invalid_grant", "Unknown device_code; start pairing again.")
             if pending.status == "delivered":
@@ -252,20 +249,22 @@ class PairingService(OpensStore[NodeStore]):
                                                        "start pairing again.")
             if pending.status == "pending":
                 too_soon = now - pending.last_poll < pending.interval * 0.8
-                pending.last_poll = now
+                self._codes.update(pending.device_code, last_poll=now)
                 if too_soon:
                     pending.interval += 5
+                    self._codes.update(pending.device_code, interval=pending.interval)
                     raise DeviceFlowError("slow_down", f"Polling too fast; wait {pending.interval:g}s "
                                                        "between requests.")
                 raise DeviceFlowError("authorization_pending", "Waiting for the owner to approve the code.")
-            # approved: hand out the token, exactly once
+            # approved: hand out the token, exactly once (whichever replica is polled first)
+            if not self._codes.move(pending.device_code, "approved", status="delivered"):
+                raise DeviceFlowError("invalid_grant", "This device_code was already used.")
             token = "obn_" + secrets.token_urlsafe(32)
             self.store.add(pending.node_id, pending.name, token, approved_from=pending.client)
             if pending.offers.get("models") or pending.offers.get("gpu"):
                 self.store.seen(pending.node_id, agent=pending.offers.get("agent") or "",
                                 models=pending.offers.get("models") or [],
                                 capabilities={k: pending.offers.get(k) for k in ("gpu", "vram_mb", "slots")})
-            pending.status = "delivered"
         log.info("node %s (%r) paired", pending.node_id, pending.name)
         return {"node_id": pending.node_id, "node_token": token, "relay_url": self.relay_url(base_url)}
 
@@ -282,7 +281,7 @@ class PairingService(OpensStore[NodeStore]):
         now = time.time()
         with self._lock:
             self._purge(now)
-            waiting = [p for p in self._pending.values() if p.status == "pending" and p.expires_at > now]
+            waiting = [_Pending(**r) for r in self._codes.waiting() if r["expires_at"] > now]
             return [self._describe(p) for p in sorted(waiting, key=lambda p: -p.created)]
 
     def approve(self, user_code: str, admin_token: str | None, client: str = "") -> dict[str, Any]:
@@ -291,9 +290,11 @@ class PairingService(OpensStore[NodeStore]):
         self.check_admin(admin_token, client)
         with self._lock:
             pending = self._find(user_code)
-            pending.status = "approved"
-            pending.decided_at = time.time()
-            pending.node_id = "node_" + secrets.token_hex(6)
+            node_id = "node_" + secrets.token_hex(6)
+            if not self._codes.move(pending.device_code, "pending", status="approved", decided_at=time.time(),
+                                    node_id=node_id):
+                self._find(user_code)  # decided meanwhile (on another replica): says how
+            pending.node_id = node_id
             log.info("pairing code %s approved: node %s (%r)", format_code(pending.user_code),
                      pending.node_id, pending.name)
             return {"node_id": pending.node_id, "name": pending.name,
@@ -304,8 +305,8 @@ class PairingService(OpensStore[NodeStore]):
         self.check_admin(admin_token, client)
         with self._lock:
             pending = self._find(user_code)
-            pending.status = "denied"
-            pending.decided_at = time.time()
+            if not self._codes.move(pending.device_code, "pending", status="denied", decided_at=time.time()):
+                self._find(user_code)
             log.info("pairing code %s denied", format_code(pending.user_code))
             return {"name": pending.name, "user_code": format_code(pending.user_code), "denied": True}
 
@@ -336,11 +337,16 @@ class PairingService(OpensStore[NodeStore]):
             raise NodeNotFound(f"No paired node has the id '{node_id}'.")
         self.store.revoke(node_id)
         log.info("node %s (%r) revoked", node_id, row["name"])
+        self._revoked(node_id)
+        self._state.publish("node_revoked", node_id=node_id)  # the replica holding its socket closes it
+        return {"node_id": node_id, "name": row["name"], "revoked": True}
+
+    def _revoked(self, node_id: str) -> None:
+        """A node was revoked here or on another replica: close its socket if it is on this one."""
         if self.hub is not None:
             self.hub.kick(node_id, 4403, "revoked by the owner")
         for callback in self.on_revoke:
             callback(node_id)
-        return {"node_id": node_id, "name": row["name"], "revoked": True}
 
     # -- the relay's side ----------------------------------------------------------------------
     def authenticate(self, node_token: str | None) -> dict[str, Any]:
@@ -368,7 +374,8 @@ class PairingService(OpensStore[NodeStore]):
 
     def _find(self, user_code: str) -> _Pending:
         code = normalize_code(user_code)
-        pending = self._by_user.get(code)
+        record = self._codes.by_user(code) if len(code) == CODE_LENGTH else None
+        pending = _Pending(**record) if record else None
         if pending is None:
             if len(code) != CODE_LENGTH or any(ch not in ALPHABET for ch in code):
                 raise CodeNotFound(f"'{user_code}' is not a pairing code: codes are 8 letters like "
@@ -402,12 +409,7 @@ class PairingService(OpensStore[NodeStore]):
         window.append(now)
 
     def _purge(self, now: float) -> None:
-        # Forget codes 10 minutes after they expired or were decided (keeps "expired" readable).
-        for code, p in list(self._pending.items()):
-            ended = p.expires_at if p.status == "pending" else max(p.decided_at, p.expires_at)
-            if now - ended > 600 or (p.status == "delivered" and now - p.decided_at > 600):
-                del self._pending[code]
-                self._by_user.pop(p.user_code, None)
+        # Pending codes forget themselves (10 minutes after they expired or were decided).
         for client, window in list(self._starts.items()):
             while window and now - window[0] > 60:
                 window.popleft()

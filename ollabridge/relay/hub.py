@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from starlette.websockets import WebSocket
 
@@ -39,6 +39,8 @@ class RelayHub:
         self.requests_failed = 0
         self.requests_cancelled = 0
         self.tokens_relayed = 0
+        # Called when a node joins, leaves or changes its models (replica presence publishes then).
+        self.on_change: Callable[[], None] | None = None
 
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -96,6 +98,11 @@ class RelayHub:
                  ", ".join(m["name"] for m in node._models) or "nothing")
         self._persist(node)
         self.router.notify()
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def _persist(self, node: NodeBackend) -> None:
         try:
@@ -110,6 +117,7 @@ class RelayHub:
             del self.nodes[node.node_id]
         self.router.remove(node)
         self.router.notify()
+        self._changed()
 
     # -- one socket ----------------------------------------------------------------------------------
     async def handle(self, ws: WebSocket) -> None:
@@ -158,6 +166,7 @@ class RelayHub:
         self.nodes[node_id] = node
         self.router.add(node)
         self._persist(node)
+        self._changed()
         log.info("node %s (%s) connected: %s, %d slots, models: %s", node_id, node.name,
                  hello.gpu or "no GPU reported", hello.slots, ", ".join(m["name"] for m in hello.models) or "none")
         try:

@@ -12,9 +12,12 @@
   tokens each chat made;
 - `resume`: the pure part of resuming: what a stream sent, the request that continues it, the
   splice of the continuation's chunks;
-- `stall`: noticing a frozen backend from a stream's own pace (probe, then give it up).
+- `stall`: noticing a frozen backend from a stream's own pace (probe, then give it up);
+- `affinity`: conversation affinity, the backend that served a request's prefix recently (its KV
+  cache holds it), which slots prefers while it is free and not much slower.
 
-Imports go one way: pool <- slots <- serve <- router; resume and stall are leaves serve uses.
+Imports go one way: pool <- slots <- serve <- router; resume and stall are leaves serve uses,
+affinity a leaf slots and serve use.
 """
 
 from ollabridge.routing.router import Router

@@ -15,6 +15,10 @@ stream (`resume.py`: the request that continues it, the chunks that join), at mo
 times per stream, with `resume` on (OLLABRIDGE_RESUME). When it cannot be (off, the bound reached,
 no other backend has the model, a request that cannot be continued) the failure reaches the caller
 as before. Streams on backends that can be probed are timed by the stall watch (`stall.py`).
+
+With conversation affinity on (`affinity.py`), each lease asks first for the backend that served the
+longest recent prefix of the request's conversation, and the backend leased is remembered for it;
+the first lease of each request counts as a hit, a miss or yielded.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, AsyncIterator, Callable, TypeVar
 
 from ollabridge.backends.base import Backend
 from ollabridge.errors import BackendError, NoBackend
+from ollabridge.routing.affinity import conversation
 from ollabridge.routing.pool import Pool
 from ollabridge.routing.resume import Transcript
 from ollabridge.routing.slots import Slots
@@ -89,13 +94,20 @@ class Serving:
         if tried:
             await self._some_can(op, model, tried)
         attempts = 0
+        affinity = self.slots.affinity
+        conv = conversation(segment, sent_body) if affinity is not None else None
         while True:
             backend: Backend | None = None
             sent = False
+            home = affinity.home(conv) if affinity is not None else None
             try:
-                async with self.slots.lease(model, tried, caller, weight, _expected(sent_body)) as backend:
+                async with self.slots.lease(model, tried, caller, weight, _expected(sent_body), home) as backend:
                     attempts += 1
                     tried.add(id(backend))
+                    if affinity is not None:
+                        if attempts == 1:
+                            affinity.count(conv, home, backend)
+                        affinity.served(conv, backend)
                     if served is not None:
                         served.update(backend=backend.name, kind=backend.kind)
                     thinkless = relax_think and "think" in sent_body and (backend.name, model) in self.thinkless
@@ -132,6 +144,7 @@ class Serving:
                         return
                     segment, sent_body = resumed
                     tried = failed | self._cannot(segment)
+                    conv = conversation(segment, sent_body) if affinity is not None else None
                     if served is not None:
                         served["resumed"] = transcript.resumes
                     continue
@@ -194,7 +207,8 @@ class Metered:
     A plain iterator, not a generator: it adds no generator of its own to finalize when the caller
     abandons the stream, so the backend's stream is closed as promptly as if iterated directly."""
 
-    __slots__ = ("backend", "chunks", "served", "transcript", "pace", "model", "started", "first", "finished")
+    __slots__ = ("backend", "chunks", "served", "transcript", "pace", "model", "started", "first", "finished",
+                 "outputs")
 
     def __init__(self, backend: Backend, chunks: AsyncIterator[dict[str, Any]], served: dict[str, Any] | None,
                  transcript: Transcript, pace: Pace | None, model: str = "") -> None:
@@ -203,6 +217,7 @@ class Metered:
         self.started = time.monotonic()
         self.first: float | None = None
         self.finished = False
+        self.outputs = 0  # chunks before the last (each one token), counted into the backend's `streamed`
 
     def __aiter__(self) -> Metered:
         return self
@@ -226,11 +241,13 @@ class Metered:
             self.first = time.monotonic()
         if chunk.get("done"):
             self.finished = True
-            _count_tokens(self.backend, chunk, self.started, self.first, self.model)
+            count_tokens(self.backend, chunk, self.started, self.first, self.model, self.outputs)
             chunk = self.transcript.final(chunk)
             if self.served is not None:
                 self.served["done"] = chunk
             return chunk
+        self.outputs += 1
+        self.backend.stats.streamed += 1
         return self.transcript.take(chunk)
 
     def ended(self) -> None:
@@ -245,9 +262,11 @@ class Metered:
                                  int((now - self.first) * 1e9) if self.first else 0)
 
 
-def _count_tokens(backend: Backend, chunk: dict[str, Any], started: float, first: float, model: str) -> None:
+def count_tokens(backend: Backend, chunk: dict[str, Any], started: float, first: float, model: str,
+                 streamed: int) -> None:
     tokens = int(chunk.get("eval_count") or 0)
     backend.stats.tokens += tokens
+    backend.stats.streamed += max(0, tokens - streamed)  # the tokens no chunk of their own carried
     duration = chunk.get("eval_duration") or 0
     if tokens and duration:
         backend.stats.last_tokens_per_s = tokens / (duration / 1e9)

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout (this file is ollabri
 # What the Space repository holds, as (path in this checkout, path in the Space repo).
 SPACE_FILES = [("space/README.md", "README.md"), ("space/Dockerfile", "Dockerfile"),
                ("space/GUIDE.md", "GUIDE.md"), ("app.py", "app.py"), ("start.sh", "start.sh"),
-               ("requirements.txt", "requirements.txt"), ("ollabridge", "ollabridge")]
+               ("requirements.lock", "requirements.lock"), ("ollabridge", "ollabridge")]
 
 
 class DeployError(RuntimeError):

@@ -1,8 +1,8 @@
 """The store base that keys and pairing share: one owner-only SQLite file under the data dir.
 
-`SQLiteStore` holds the file (mode 0600, WAL, one connection behind a lock, tiny query helpers);
-`OpensStore` is a service over one, opened on first use. A second implementation (Redis, for
-several replicas) can stand behind the same methods; no caller knows which one runs.
+`SQLiteStore` holds the file (mode 0600, WAL, one connection behind a lock, tiny query helpers); its
+tables are in ollabridge/store/local.py. `OpensStore` is a service over records of the shared state,
+whichever implementation `ollabridge.store.open_state` picked (SQLite here, or Redis).
 
 Thread-safe: the API calls it from the event loop, the web UI may call it from a worker thread.
 Every statement is tiny and local, so it runs inline.
@@ -73,29 +73,33 @@ class SQLiteStore:
             return self._db.execute(sql, args).rowcount
 
 
-Store = TypeVar("Store", bound="SQLiteStore")
+Records = TypeVar("Records")
 
 
-class OpensStore(Generic[Store]):
-    """A service over an SQLiteStore opened on first use (or by its own `open()`), closed by `close()`.
+class OpensStore(Generic[Records]):
+    """A service over records of the shared state (`ollabridge.store.open_state`), got on first use
+    (or by its own `open()`); `close()` closes the state when the service opened it itself.
 
-    Subclasses set `self._store = None` and `self._lock` in `__init__` and open the store in `open()`.
+    Subclasses set `self._store = None`, `self._lock`, `self._state` and `self._owns_state` in
+    `__init__` and get their records in `open()`.
     """
 
-    _store: Store | None
+    _store: Records | None
     _lock: Any
+    _state: Any
+    _owns_state: bool
 
     def open(self) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
         with self._lock:
-            if self._store is not None:
-                self._store.close()
-                self._store = None
+            self._store = None
+            if self._owns_state:
+                self._state.close()
 
     @property
-    def store(self) -> Store:
+    def store(self) -> Records:
         if self._store is None:
             self.open()
         assert self._store is not None

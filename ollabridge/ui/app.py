@@ -47,6 +47,18 @@ CSS = """
 .ob-ok { color: #16a34a; } .ob-warn { color: #d97706; } .ob-bad { color: #dc2626; }
 .ob-bar { height: 8px; border-radius: 4px; background: var(--border-color-primary); overflow: hidden; }
 .ob-bar > div { height: 100%; background: var(--color-accent); }
+.ob-charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(280px, 1fr)); gap: 10px; margin-top: 10px; }
+.ob-chart { border: 1px solid var(--border-color-primary); border-radius: 12px; padding: 10px 14px;
+  background: var(--block-background-fill); min-width: 0; }
+.ob-chart-head, .ob-chart-axis { display: flex; justify-content: space-between; gap: 8px; }
+.ob-chart .ob-k { font-size: 0.75rem; text-transform: uppercase; letter-spacing: 0.06em;
+  color: var(--body-text-color-subdued); }
+.ob-chart svg { display: block; width: 100%; height: 120px; margin-top: 6px; overflow: visible; }
+.ob-chart .ob-grid { stroke: var(--border-color-primary); stroke-width: 1; }
+.ob-chart-axis, .ob-chart .ob-s { font-size: 0.75rem; color: var(--body-text-color-subdued); }
+.ob-chart-legend { display: flex; flex-wrap: wrap; gap: 4px 12px; font-size: 0.8rem; margin-top: 4px; }
+.ob-legend { display: inline-flex; align-items: center; gap: 5px; overflow-wrap: anywhere; }
+.ob-legend i { display: inline-block; width: 10px; height: 3px; border-radius: 2px; }
 .ob-kv { margin-top: 8px; border-collapse: collapse; font-size: 0.9rem; }
 .ob-kv, .ob-kv tr, .ob-kv th, .ob-kv td { border: 0 !important; background: none !important; }
 .ob-kv th { text-align: left; padding: 2px 14px 2px 0; color: var(--body-text-color-subdued); font-weight: 500;

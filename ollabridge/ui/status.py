@@ -1,7 +1,9 @@
-"""The Status tab: gateway health, the active engine, models, GPU nodes and totals, refreshed on a timer.
+"""The Status tab: gateway health, the active engine, models, GPU nodes and totals, the queue per
+caller, streams resumed and stalls, each backend's measured speed, and live charts of the last 15
+minutes (tokens/s per backend, requests in flight and queued), refreshed on a timer.
 
-Everything comes from `gateway.views.health()`, `gateway.views.status()`, `gateway.router` and the relay hub:
-the same data `/health` and `/ollama/status` return.
+Everything comes from `gateway.views` (`health()`, `status()`, `history()`), `gateway.router` and the
+relay hub: the same data `/health` and `/ollama/status` return.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Any
 import gradio as gr
 
 from ollabridge.config import Settings
+from ollabridge.errors import GatewayError
 from ollabridge.gateway import Gateway
+from ollabridge.ui.chart import history_charts
 
 log = logging.getLogger("ollabridge.ui")
 
@@ -23,6 +27,10 @@ REFRESH_S = 3.0
 NODE_HEADERS = ["Node", "State", "GPU", "Models", "Slots in use", "Tokens/s", "Last seen"]
 MODEL_HEADERS = ["Model", "Served by", "Kind", "Size", "Loaded"]
 BACKEND_HEADERS = ["Backend", "Kind", "Healthy", "In flight", "Requests", "Failed", "Detail"]
+SPEED_HEADERS = ["Backend", "Model", "Tokens/s", "First token (s)", "Streams measured"]
+# How the router's stream counts read in the Streams card; a count without a label here shows by its name.
+STREAM_LABELS = {"resumed": "resumed", "resume_failed": "lost past resuming", "stall_probes_alive": "stalls probed alive",
+                 "stalls_lost": "stalled nodes lost", "affinity_hits": "affinity hits"}
 
 
 def _esc(value: Any) -> str:
@@ -50,7 +58,10 @@ def node_rows(gateway: Gateway, live: list[dict[str, Any]]) -> list[list[Any]]:
     from ollabridge.ui.pair import gpu_text, when
 
     by_id = {n.get("node_id"): n for n in live or []}
-    paired = gateway.pairing.nodes() if gateway.pairing is not None else []
+    try:
+        paired = gateway.pairing.nodes() if gateway.pairing is not None else []
+    except GatewayError:  # the shared state (Redis) is down: the live nodes only
+        paired = []
     rows: list[list[Any]] = []
     for node in paired + [n for n in live or [] if n.get("node_id") not in {p.get("node_id") for p in paired}]:
         info = {**node, **by_id.get(node.get("node_id"), {})}
@@ -81,8 +92,9 @@ class _Shared:
             return self.value
 
 
-async def snapshot(gateway: Gateway) -> tuple[str, list[list[Any]], list[list[Any]], list[list[Any]]]:
-    """(cards HTML, nodes rows, models rows, backends rows) for the tab."""
+async def snapshot(gateway: Gateway) -> tuple[str, list[list[Any]], list[list[Any]], list[list[Any]], str,
+                                             list[list[Any]]]:
+    """(cards HTML, nodes rows, models rows, backends rows, charts HTML, speed rows) for the tab."""
     health = await gateway.views.health()
     status = await gateway.views.status()
     models = await gateway.router.models()
@@ -100,7 +112,7 @@ async def snapshot(gateway: Gateway) -> tuple[str, list[list[Any]], list[list[An
 
     requests, failed, tokens = total("total", "requests_total"), total("failed", "requests_failed"), \
         total("tokens", "tokens_relayed")
-    in_flight = sum(b.stats.in_flight for b in backends)
+    queue = health.get("queue") or {}
 
     ok = health.get("status") == "ok"
     active = engine.get("active", "none")
@@ -126,8 +138,10 @@ async def snapshot(gateway: Gateway) -> tuple[str, list[list[Any]], list[list[An
               _esc(f"{relay.get('requests_in_flight', 0)} relayed requests in flight")),
         _card("Requests", str(requests),
               (f'<span class="{"ob-bad" if failed else ""}" id="status-failures">{failed} failed</span> · '
-               + _esc(f"{in_flight} in flight · {gateway.router.waiting} queued"))),
+               + _esc(f"{health.get('requests_in_flight', 0)} in flight · {queue.get('waiting', 0)} queued"))),
         _card("Tokens", f"{tokens:,}", _esc(f"{int(relay.get('tokens_relayed') or 0):,} via GPU nodes")),
+        _queue_card(queue),
+        _streams_card(health.get("streams") or {}),
     ]
     html_out = f'<div class="ob-cards" id="status-cards">{"".join(cards)}</div>'
     html_out += _pulls(status, engine)
@@ -147,7 +161,27 @@ async def snapshot(gateway: Gateway) -> tuple[str, list[list[Any]], list[list[An
                      f"{e.get('in_flight', 0)} / {e.get('slots') if e.get('slots') is not None else '∞'}",
                      e.get("requests", 0), e.get("failed", 0), e.get("detail", "")]
                     for e in health.get("backends") or []]
-    return html_out, nodes, model_rows, backend_rows
+    speed_rows = [[e.get("name"), model, f"{s.get('tokens_per_s', 0):.1f}", f"{s.get('ttft_s', 0):.2f}",
+                   s.get("samples", 0)]
+                  for e in health.get("backends") or [] for model, s in (e.get("speed") or {}).items()]
+    charts = history_charts(gateway.views.history(), time.time())
+    return html_out, nodes, model_rows, backend_rows, charts, speed_rows
+
+
+def _queue_card(queue: dict[str, Any]) -> str:
+    """The queue now: how many wait (of how many may), and who (callers as `/health` names them)."""
+    by_caller = queue.get("by_caller") or {}
+    who = " · ".join(f"{caller} {n}" for caller, n in by_caller.items()) or "nobody waits"
+    return _card("Queue", f"{queue.get('waiting', 0)} / {queue.get('max', '?')}",
+                 f'<span id="status-queue">{_esc(who)}</span>')
+
+
+def _streams_card(streams: dict[str, Any]) -> str:
+    """Streams resumed on another backend, and every other count the router keeps (stalls, affinity)."""
+    others = " · ".join(f"{n:,} {STREAM_LABELS.get(k, k.replace('_', ' '))}" for k, n in streams.items()
+                        if k != "resumed" and isinstance(n, (int, float)))
+    return _card("Streams resumed", f"{int(streams.get('resumed') or 0):,}",
+                 f'<span id="status-streams">{_esc(others)}</span>')
 
 
 def _uptime(health: dict[str, Any]) -> str:
@@ -188,6 +222,7 @@ def _pulls(status: dict[str, Any], engine: dict[str, Any]) -> str:
 
 def build(blocks: gr.Blocks, gateway: Gateway, settings: Settings) -> gr.Timer:
     cards = gr.HTML('<p class="ob-note">Loading…</p>', elem_id="status-html", js_on_load=None)
+    charts = gr.HTML("", elem_id="status-charts", js_on_load=None)
     gr.Markdown("### GPU nodes")
     nodes = _table(NODE_HEADERS, "status-nodes", 320)
     with gr.Row():
@@ -197,21 +232,23 @@ def build(blocks: gr.Blocks, gateway: Gateway, settings: Settings) -> gr.Timer:
         with gr.Column(min_width=300):
             gr.Markdown("### Backends")
             backends = _table(BACKEND_HEADERS, "status-backends", 360)
+    gr.Markdown("### Measured speed (moving averages, what routing chooses by)")
+    speeds = _table(SPEED_HEADERS, "status-speeds", 280)
     refresh = gr.Button("Refresh now", size="sm", elem_id="status-refresh")
     timer = gr.Timer(REFRESH_S, active=False)
     shared = _Shared()
 
     async def update():
         try:
-            html_out, node_data, model_data, backend_data = await shared.get(gateway)
+            html_out, node_data, model_data, backend_data, chart_html, speed_data = await shared.get(gateway)
         except Exception as exc:  # noqa: BLE001 — the tab says so instead of breaking
             log.exception("status snapshot failed")
             return (f'<div class="ob-msg-err">Status is unavailable right now: {_esc(type(exc).__name__)}.</div>',
-                    gr.skip(), gr.skip(), gr.skip())
+                    gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
         return (html_out, _frame(node_data, NODE_HEADERS), _frame(model_data, MODEL_HEADERS),
-                _frame(backend_data, BACKEND_HEADERS))
+                _frame(backend_data, BACKEND_HEADERS), chart_html, _frame(speed_data, SPEED_HEADERS))
 
-    outputs = [cards, nodes, models, backends]
+    outputs = [cards, nodes, models, backends, charts, speeds]
     kwargs = dict(show_progress="hidden", concurrency_limit=None, api_visibility="private")
     timer.tick(update, None, outputs, **kwargs)
     refresh.click(update, None, outputs, **kwargs)
