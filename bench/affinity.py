@@ -42,7 +42,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))  # run as `python bench/affinity.py`: the repo root's harness/ and tests/
 
 from harness.procs import free_port, start, stop, wait_http, wait_until  # noqa: E402
-from run import gateway_env, loadavg, log, write_markdown  # noqa: E402 - bench/run.py: the benchmarks' helpers
+from run import gateway_env, loadavg, log, save_results  # noqa: E402 - bench/run.py: the benchmarks' helpers
 from tests.relay_support import ADMIN, pair, relay_nodes, save_credential  # noqa: E402
 
 BEGIN, END = "<!-- affinity:begin (written by bench/affinity.py) -->", "<!-- affinity:end -->"
@@ -230,11 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ollabridge-affinity-") as tmp:
         result = Bench(args, Path(tmp)).run()
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    if args.md != "none":
-        write_markdown(Path(args.md), markdown(result), BEGIN, END)
-    print(json.dumps({k: v for k, v in result.items() if k != "modes"}, indent=2))
+    save_results(result, args.json, args.md, markdown(result), BEGIN, END)
     return 0
 
 
